@@ -1,0 +1,38 @@
+"""build_pairs: responses, judgments (and meta-judgments) -> results/iter{t}/pairs/*.jsonl.
+
+Actor pairs by length-controlled selection (pairs.rho, pairs.max_chosen_chars); judge pairs
+from position-weighted Elo of the meta-judgments when the iteration trains the judge; the
+training set is their shuffled union.
+"""
+
+
+def build_pairs_inputs(wildcards):
+    inputs = {
+        "responses": f"results/iter{wildcards.t}/responses.jsonl",
+        "judgments": f"results/iter{wildcards.t}/judgments.jsonl",
+        "template": CFG["templates"]["judge"],
+        "code": package_code("pairs", "selection", "elo", "templates"),
+    }
+    if judge_training(wildcards.t):
+        inputs["meta_judgments"] = f"results/iter{wildcards.t}/meta_judgments.jsonl"
+    return inputs
+
+
+rule build_pairs:
+    input:
+        unpack(build_pairs_inputs),
+    output:
+        actor="results/iter{t}/pairs/actor.jsonl",
+        judge="results/iter{t}/pairs/judge.jsonl",
+        train="results/iter{t}/pairs/train.jsonl",
+        stats="results/iter{t}/stats/build_pairs.json",
+    params:
+        settings=lambda w: it(w)["pairs"],
+        elo_l2=lambda w: it(w)["meta_judge"]["elo_l2"],
+        seed=seed_for("build_pairs"),
+    log:
+        "logs/iter{t}/build_pairs.log",
+    benchmark:
+        "benchmarks/iter{t}/build_pairs.tsv"
+    script:
+        "../workflow_scripts/build_pairs.py"

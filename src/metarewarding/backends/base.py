@@ -1,0 +1,76 @@
+"""The one interface every model call goes through.
+
+A backend turns chat prompts into completions (``generate``) and makes forced choices among a
+few allowed continuations (``choose``: the score digit after ``Score:``, the letter after
+``Winner: Judgment``). The transformers backend is the CPU/GPU default; other backends (vLLM,
+an OpenAI-compatible server) implement the same two methods and drop in through
+``metarewarding.backends.load_backend``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A conversation to continue as the assistant.
+
+    ``continuation`` is text the assistant has already "said": it is appended after the chat
+    template's generation prompt, and the model continues from there (used to force a score
+    line after a free justification).
+    """
+
+    messages: tuple[dict, ...]
+    continuation: str = ""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one generation call; temperature 0 means greedy decoding."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation with its token counts and why it ended ("stop" or "length")."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The option the model prefers, with the log-probability it gives every option."""
+
+    option: str
+    logprobs: dict[str, float] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """What the stage modules need from a model server."""
+
+    name: str
+
+    def generate(
+        self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int
+    ) -> list[list[Completion]]:
+        """Return ``n`` completions for every prompt, in prompt order, reproducible for a seed."""
+
+    def choose(self, prompts: Sequence[ChatPrompt], options: Sequence[str]) -> list[Choice]:
+        """Return, for every prompt, the option whose text the model finds most likely next."""
+
+    def describe(self) -> dict:
+        """A JSON-able record of the backend and its settings, stored next to each artifact."""
+
+
+def user_prompt(text: str, system: str | None = None) -> ChatPrompt:
+    """A single-turn chat prompt, with an optional system message."""
+    messages = ({"role": "system", "content": system},) if system else ()
+    return ChatPrompt(messages=messages + ({"role": "user", "content": text},))

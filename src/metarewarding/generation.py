@@ -1,0 +1,70 @@
+"""Stage: the actor (model of iteration t-1) samples K responses per prompt."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .backends import Backend, Sampling, load_backend, user_prompt
+from .records import read_jsonl, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def response_records(prompts: list[dict], backend: Backend, settings: dict, seed: int) -> list[dict]:
+    """K sampled responses per prompt, with token counts and whether they were truncated."""
+    sampling = Sampling(settings["max_new_tokens"], settings["temperature"], settings["top_p"])
+    chat = [user_prompt(p["prompt"]) for p in prompts]
+    outputs = backend.generate(chat, n=settings["samples"], sampling=sampling, seed=seed)
+    records = []
+    for prompt, completions in zip(prompts, outputs):
+        for k, c in enumerate(completions):
+            records.append({
+                "response_id": f"{prompt['prompt_id']}-r{k}",
+                "prompt_id": prompt["prompt_id"],
+                "prompt": prompt["prompt"],
+                "response": c.text,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "finish_reason": c.finish_reason,
+            })
+    return records
+
+
+def generate_responses(
+    prompts_path: str,
+    model_dir: str,
+    backend_settings: dict,
+    settings: dict,
+    seed: int,
+    out_path: str,
+    stats_path: str,
+    threads: int | None = None,
+) -> dict:
+    start = time.perf_counter()
+    prompts = read_jsonl(prompts_path, required=("prompt_id", "prompt"), id_field="prompt_id")
+    backend = load_backend(backend_settings, model_dir, threads=threads)
+    loaded = time.perf_counter()
+    records = response_records(prompts, backend, settings, seed)
+    write_jsonl(out_path, records)
+    truncated = sum(r["finish_reason"] == "length" for r in records)
+    tokens = sum(r["completion_tokens"] for r in records)
+    seconds = time.perf_counter() - loaded
+    stats = {
+        "stage": "generate_responses",
+        "prompts": len(prompts),
+        "responses": len(records),
+        "truncated": truncated,
+        "empty": sum(not r["response"].strip() for r in records),
+        "completion_tokens": tokens,
+        "mean_chars": round(sum(len(r["response"]) for r in records) / max(len(records), 1), 1),
+        "seed": seed,
+        "settings": settings,
+        "backend": backend.describe(),
+        "load_seconds": round(loaded - start, 3),
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+    }
+    write_json(stats_path, stats)
+    log.info("%d responses, %d truncated, %.1f tokens/s", len(records), truncated, stats["tokens_per_second"] or 0)
+    return stats

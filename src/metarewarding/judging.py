@@ -1,0 +1,150 @@
+"""Stage: the judge (model of iteration t-1) grades every response N times.
+
+In ``free`` mode the judgment is generated text and the score is its last ``Score: x``. In
+``forced`` mode the justification is generated freely, the pipeline appends ``Score:`` and the
+model's own most likely allowed value completes the line; the free-text parse of the
+justification is kept too (``free_score``), so the stats show whether the model has learned to
+write the score line itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import statistics
+import time
+from collections import Counter
+from typing import Sequence
+
+from .backends import Backend, ChatPrompt, Sampling, load_backend
+from .records import read_jsonl, write_json, write_jsonl
+from .scoring import parse_score
+from .templates import JUDGE_FIELDS, judge_prompt, load_template
+
+log = logging.getLogger(__name__)
+
+SCORE_LABEL = "\nScore:"
+
+
+def score_options(low: float, high: float) -> list[str]:
+    """The allowed forced-score continuations: every integer of the rubric's range."""
+    if low != int(low) or high != int(high):
+        raise ValueError(f"forced scores need integer bounds, got score_min={low}, score_max={high}")
+    return [f" {v}" for v in range(int(low), int(high) + 1)]
+
+
+def sample_option(logprobs: dict[str, float], temperature: float, rng: random.Random) -> str:
+    """Draw one option with probability proportional to exp(logprob / temperature), the
+    distribution free-text sampling would use for that token restricted to the allowed
+    options; temperature 0 takes the most likely option."""
+    options = list(logprobs)
+    if temperature == 0:
+        return max(options, key=logprobs.__getitem__)
+    top = max(logprobs.values())
+    weights = [math.exp((logprobs[o] - top) / temperature) for o in options]
+    return rng.choices(options, weights=weights)[0]
+
+
+def force_line(
+    backend: Backend, prompts: Sequence[ChatPrompt], bodies: Sequence[str], label: str,
+    options: Sequence[str], temperature: float, seed: int,
+) -> list[tuple[str, dict]]:
+    """Append ``label`` to each generated body and let the model pick among ``options``
+    (sampled at ``temperature`` with a seeded RNG); return the completed texts and the
+    options' log-probabilities."""
+    heads = [body.rstrip() + label for body in bodies]
+    forced = [ChatPrompt(p.messages, continuation=h) for p, h in zip(prompts, heads)]
+    rng = random.Random(seed)
+    out = []
+    for head, choice in zip(heads, backend.choose(forced, options)):
+        option = sample_option(choice.logprobs, temperature, rng)
+        out.append((head + option, {o.strip(): round(lp, 4) for o, lp in choice.logprobs.items()}))
+    return out
+
+
+def judgment_records(
+    responses: list[dict], backend: Backend, template: str, settings: dict, seed: int
+) -> list[dict]:
+    """N judgments per response, each with its parsed score or the reason it failed to parse."""
+    low, high = settings["score_min"], settings["score_max"]
+    prompts = [judge_prompt(template, r["prompt"], r["response"]) for r in responses]
+    sampling = Sampling(settings["max_new_tokens"], settings["temperature"], settings["top_p"])
+    outputs = backend.generate(prompts, n=settings["judgments"], sampling=sampling, seed=seed)
+    flat = [(r, p, k, c) for r, p, cs in zip(responses, prompts, outputs) for k, c in enumerate(cs)]
+    forced = settings["score_mode"] == "forced"
+    if forced:
+        completed = force_line(backend, [p for _, p, _, _ in flat], [c.text for *_, c in flat],
+                               SCORE_LABEL, score_options(low, high), settings["temperature"], seed)
+    records = []
+    for index, (response, _, k, c) in enumerate(flat):
+        text, logprobs = completed[index] if forced else (c.text, None)
+        parsed = parse_score(text, low, high)
+        record = {
+            "judgment_id": f"{response['response_id']}-j{k}",
+            "response_id": response["response_id"],
+            "prompt_id": response["prompt_id"],
+            "judgment": text,
+            "score": parsed.value,
+            "parse_error": parsed.error,
+            "free_score": parse_score(c.text, low, high).value,
+            "completion_tokens": c.completion_tokens,
+            "finish_reason": c.finish_reason,
+        }
+        if forced:
+            record["score_logprobs"] = logprobs
+        records.append(record)
+    return records
+
+
+def judging_stats(records: list[dict], low: float, high: float) -> dict:
+    """Parse rates, failure kinds and the score distribution of one judging run."""
+    scores = [r["score"] for r in records if r["score"] is not None]
+    n = len(records)
+    return {
+        "judgments": n,
+        "parsed": len(scores),
+        "parse_rate": round(len(scores) / n, 4) if n else None,
+        "parse_failures": dict(Counter(r["parse_error"] for r in records if r["parse_error"])),
+        "free_text_parse_rate": round(sum(r["free_score"] is not None for r in records) / n, 4) if n else None,
+        "score_mean": round(statistics.fmean(scores), 4) if scores else None,
+        "score_stdev": round(statistics.pstdev(scores), 4) if scores else None,
+        "score_counts": {str(k): v for k, v in sorted(Counter(scores).items())},
+        "truncated": sum(r["finish_reason"] == "length" for r in records),
+        "score_range": [low, high],
+    }
+
+
+def judge_responses(
+    responses_path: str,
+    model_dir: str,
+    template_path: str,
+    backend_settings: dict,
+    settings: dict,
+    seed: int,
+    out_path: str,
+    stats_path: str,
+    threads: int | None = None,
+) -> dict:
+    start = time.perf_counter()
+    template = load_template(template_path, JUDGE_FIELDS)
+    responses = read_jsonl(
+        responses_path, required=("response_id", "prompt_id", "prompt", "response"), id_field="response_id"
+    )
+    backend = load_backend(backend_settings, model_dir, threads=threads)
+    loaded = time.perf_counter()
+    records = judgment_records(responses, backend, template, settings, seed)
+    write_jsonl(out_path, records)
+    stats = {
+        "stage": "judge_responses",
+        "responses": len(responses),
+        **judging_stats(records, settings["score_min"], settings["score_max"]),
+        "seed": seed,
+        "settings": settings,
+        "backend": backend.describe(),
+        "load_seconds": round(loaded - start, 3),
+        "seconds": round(time.perf_counter() - loaded, 3),
+    }
+    write_json(stats_path, stats)
+    log.info("%d judgments, parse rate %s, mean score %s", stats["judgments"], stats["parse_rate"], stats["score_mean"])
+    return stats

@@ -1,0 +1,134 @@
+"""Stage: the meta-judge compares judgments of the same response, in both orders.
+
+Per prompt, the response whose valid judgment scores vary most is selected (ties broken by the
+seeded RNG); every ordered pair (m, n) of its judgments is shown to the meta-judge with m as
+"Judgment A" and n as "Judgment B": N·(N-1) comparisons per prompt. The outcome is +1 when m
+wins, -1 when n wins and 0 when the verdict does not parse (kept and counted).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from collections import Counter, defaultdict
+
+from .backends import Backend, Sampling, load_backend
+from .judging import force_line
+from .records import read_jsonl, write_json, write_jsonl
+from .scoring import outcome_from_winner, parse_winner
+from .selection import Skipped, select_high_variance
+from .templates import META_JUDGE_FIELDS, load_template, meta_judge_prompt
+
+log = logging.getLogger(__name__)
+
+WINNER_LABEL = "\nWinner: Judgment"
+WINNER_OPTIONS = (" A", " B")
+
+
+def select_responses(judgments: list[dict], seed: int) -> tuple[dict[str, str], Counter]:
+    """For every prompt, the response id chosen for meta-judging; and skip reasons by kind."""
+    by_prompt: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for j in judgments:
+        by_prompt[j["prompt_id"]][j["response_id"]].append(j["score"])
+    rng = random.Random(seed)
+    selected, skipped = {}, Counter()
+    for prompt_id in sorted(by_prompt):
+        result = select_high_variance(by_prompt[prompt_id], rng)
+        if isinstance(result, Skipped):
+            skipped[result.reason] += 1
+        else:
+            selected[prompt_id] = result
+    return selected, skipped
+
+
+def comparisons(selected: dict[str, str], judgments: list[dict]) -> list[tuple[dict, dict]]:
+    """Every ordered pair (first, second) of the selected responses' judgments."""
+    by_response = defaultdict(list)
+    for j in judgments:
+        by_response[j["response_id"]].append(j)
+    return [pair for response_id in selected.values()
+            for pair in itertools.permutations(by_response[response_id], 2)]
+
+
+def meta_judgment_records(
+    pairs: list[tuple[dict, dict]], responses: dict[str, dict], backend: Backend,
+    template: str, settings: dict, seed: int,
+) -> list[dict]:
+    prompts = []
+    for first, second in pairs:
+        r = responses[first["response_id"]]
+        prompts.append(meta_judge_prompt(template, r["prompt"], r["response"], first["judgment"], second["judgment"]))
+    sampling = Sampling(settings["max_new_tokens"], settings["temperature"], settings["top_p"])
+    outputs = [cs[0] for cs in backend.generate(prompts, n=1, sampling=sampling, seed=seed)]
+    if settings["winner_mode"] == "forced":
+        texts = [t for t, _ in force_line(backend, prompts, [c.text for c in outputs], WINNER_LABEL,
+                                               WINNER_OPTIONS, settings["temperature"], seed)]
+    else:
+        texts = [c.text for c in outputs]
+    records = []
+    for (first, second), c, text in zip(pairs, outputs, texts):
+        parsed = parse_winner(text)
+        records.append({
+            "meta_judgment_id": f"{first['judgment_id']}-vs-{second['judgment_id'].rsplit('-', 1)[-1]}",
+            "prompt_id": first["prompt_id"],
+            "response_id": first["response_id"],
+            "first_id": first["judgment_id"],
+            "second_id": second["judgment_id"],
+            "first_score": first["score"],
+            "second_score": second["score"],
+            "meta_judgment": text,
+            "winner": parsed.winner,
+            "outcome": outcome_from_winner(parsed.winner),
+            "parse_error": parsed.error,
+            "completion_tokens": c.completion_tokens,
+            "finish_reason": c.finish_reason,
+        })
+    return records
+
+
+def meta_judge(
+    judgments_path: str,
+    responses_path: str,
+    model_dir: str,
+    template_path: str,
+    backend_settings: dict,
+    settings: dict,
+    seed: int,
+    out_path: str,
+    stats_path: str,
+    threads: int | None = None,
+) -> dict:
+    start = time.perf_counter()
+    template = load_template(template_path, META_JUDGE_FIELDS)
+    judgments = read_jsonl(judgments_path, required=("judgment_id", "response_id", "prompt_id", "judgment", "score"),
+                           id_field="judgment_id")
+    responses = {r["response_id"]: r for r in read_jsonl(responses_path, required=("response_id", "prompt", "response"),
+                                                          id_field="response_id")}
+    selected, skipped = select_responses(judgments, seed)
+    pairs = comparisons(selected, judgments)
+    backend = load_backend(backend_settings, model_dir, threads=threads)
+    loaded = time.perf_counter()
+    records = meta_judgment_records(pairs, responses, backend, template, settings, seed) if pairs else []
+    write_jsonl(out_path, records)
+    outcomes = Counter(r["outcome"] for r in records)
+    stats = {
+        "stage": "meta_judge",
+        "prompts": len({j["prompt_id"] for j in judgments}),
+        "selected_responses": len(selected),
+        "skipped_prompts": dict(skipped),
+        "comparisons": len(records),
+        "first_wins": outcomes[1],
+        "second_wins": outcomes[-1],
+        "unparsed": outcomes[0],
+        "parse_failures": dict(Counter(r["parse_error"] for r in records if r["parse_error"])),
+        "seed": seed,
+        "settings": settings,
+        "backend": backend.describe(),
+        "load_seconds": round(loaded - start, 3),
+        "seconds": round(time.perf_counter() - loaded, 3),
+    }
+    write_json(stats_path, stats)
+    log.info("%d comparisons over %d responses; %d unparsed", len(records), len(selected), outcomes[0])
+    return stats
