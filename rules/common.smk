@@ -3,7 +3,15 @@
 Only path plumbing lives here; the algorithm is in the metarewarding package.
 """
 
+import os
+import sys
 from pathlib import Path
+
+# The workflow runs the package from this checkout (src/), in the main process and in every
+# job, whatever environment the job uses: the code that runs is the code the rules depend on.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
 
 from metarewarding.config import stage_seed, validate_config
 from metarewarding.prompts import check_pool_size
@@ -49,6 +57,19 @@ def package_code(*modules):
     base = Path(workflow.basedir) / "src" / "metarewarding"
     paths = [base / f"{m}.py" for m in modules]
     return [str(p) for p in paths if p.exists()]
+
+
+def build_pairs_inputs(wildcards):
+    """Meta-judgments are an input only in iterations that train the judge."""
+    inputs = {
+        "responses": f"results/iter{wildcards.t}/responses.jsonl",
+        "judgments": f"results/iter{wildcards.t}/judgments.jsonl",
+        "template": CFG["templates"]["judge"],
+        "code": package_code("pairs", "selection", "elo", "templates"),
+    }
+    if judge_training(wildcards.t):
+        inputs["meta_judgments"] = f"results/iter{wildcards.t}/meta_judgments.jsonl"
+    return inputs
 
 
 def final_outputs():

@@ -21,5 +21,7 @@ rule generate_responses:
         "logs/iter{t}/generate_responses.log",
     benchmark:
         "benchmarks/iter{t}/generate_responses.tsv"
+    conda:
+        "../envs/generation.yaml"
     script:
         "../workflow_scripts/generate_responses.py"

@@ -22,5 +22,7 @@ rule judge_responses:
         "logs/iter{t}/judge_responses.log",
     benchmark:
         "benchmarks/iter{t}/judge_responses.tsv"
+    conda:
+        "../envs/generation.yaml"
     script:
         "../workflow_scripts/judge_responses.py"

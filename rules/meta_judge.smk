@@ -23,5 +23,7 @@ rule meta_judge:
         "logs/iter{t}/meta_judge.log",
     benchmark:
         "benchmarks/iter{t}/meta_judge.tsv"
+    conda:
+        "../envs/generation.yaml"
     script:
         "../workflow_scripts/meta_judge.py"

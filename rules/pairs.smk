@@ -6,18 +6,6 @@ training set is their shuffled union.
 """
 
 
-def build_pairs_inputs(wildcards):
-    inputs = {
-        "responses": f"results/iter{wildcards.t}/responses.jsonl",
-        "judgments": f"results/iter{wildcards.t}/judgments.jsonl",
-        "template": CFG["templates"]["judge"],
-        "code": package_code("pairs", "selection", "elo", "templates"),
-    }
-    if judge_training(wildcards.t):
-        inputs["meta_judgments"] = f"results/iter{wildcards.t}/meta_judgments.jsonl"
-    return inputs
-
-
 rule build_pairs:
     input:
         unpack(build_pairs_inputs),
@@ -34,5 +22,7 @@ rule build_pairs:
         "logs/iter{t}/build_pairs.log",
     benchmark:
         "benchmarks/iter{t}/build_pairs.tsv"
+    conda:
+        "../envs/core.yaml"
     script:
         "../workflow_scripts/build_pairs.py"

@@ -20,5 +20,7 @@ rule sample_prompts:
         "logs/iter{t}/sample_prompts.log",
     benchmark:
         "benchmarks/iter{t}/sample_prompts.tsv"
+    conda:
+        "../envs/core.yaml"
     script:
         "../workflow_scripts/sample_prompts.py"

@@ -20,6 +20,8 @@ rule prepare_seed_model:
         "logs/iter0/prepare_seed_model.log",
     benchmark:
         "benchmarks/iter0/prepare_seed_model.tsv"
+    conda:
+        "../envs/generation.yaml"
     script:
         "../workflow_scripts/prepare_seed_model.py"
 
@@ -42,5 +44,7 @@ if CFG["eft"]["enabled"]:
             "logs/iter0/train_eft.log",
         benchmark:
             "benchmarks/iter0/train_eft.tsv"
+        conda:
+            "../envs/training.yaml"
         script:
             "../workflow_scripts/train_eft.py"

@@ -20,5 +20,7 @@ rule train_dpo:
         "logs/iter{t}/train_dpo.log",
     benchmark:
         "benchmarks/iter{t}/train_dpo.tsv"
+    conda:
+        "../envs/training.yaml"
     script:
         "../workflow_scripts/train_dpo.py"

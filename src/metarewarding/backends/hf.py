@@ -146,7 +146,7 @@ class TransformersBackend:
 
     def _last_logits(self, prefixes: list[list[int]]) -> torch.Tensor:
         inputs = self.tokenizer.pad({"input_ids": prefixes}, return_tensors="pt").to(self.device)
-        return self.model(**inputs).logits[:, -1, :]
+        return self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
 
     def _sequence_logprob(self, prefix: list[int], tokens: list[int]) -> float:
         ids = torch.tensor([prefix + tokens], device=self.device)
