@@ -15,7 +15,6 @@ results/iter{t}/model. Output-path grammar (the only paths the workflow writes):
     logs/iter{t}/{rule}.log                 and benchmarks/iter{t}/{rule}.tsv beside them
 """
 
-
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -35,6 +34,6 @@ include: "rules/train.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

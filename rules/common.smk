@@ -11,7 +11,9 @@ from pathlib import Path
 # job, whatever environment the job uses: the code that runs is the code the rules depend on.
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
-os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+)
 
 from metarewarding.config import stage_seed, validate_config
 from metarewarding.prompts import check_pool_size
@@ -24,7 +26,9 @@ N_ITER = len(ITERATIONS)
 onstart:
     # Not run by a dry run, so the paper config can be listed without its 20,000-prompt pool.
     check_pool_size(
-        CFG["prompt_pool"], CFG["exclude_prompts"], [it["prompts"] for it in ITERATIONS]
+        CFG["prompt_pool"],
+        CFG["exclude_prompts"],
+        [it["prompts"] for it in ITERATIONS],
     )
 
 

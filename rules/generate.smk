@@ -13,15 +13,15 @@ rule generate_responses:
     output:
         responses="results/iter{t}/responses.jsonl",
         stats="results/iter{t}/stats/generate_responses.json",
-    params:
-        settings=lambda w: it(w)["generation"],
-        backend=CFG["backend"],
-        seed=seed_for("generate_responses"),
     log:
         "logs/iter{t}/generate_responses.log",
     benchmark:
         "benchmarks/iter{t}/generate_responses.tsv"
     conda:
         "../envs/generation.yaml"
+    params:
+        settings=lambda w: it(w)["generation"],
+        backend=CFG["backend"],
+        seed=seed_for("generate_responses"),
     script:
         "../workflow_scripts/generate_responses.py"

@@ -10,19 +10,21 @@ rule judge_responses:
         responses="results/iter{t}/responses.jsonl",
         model=policy_model,
         template=CFG["templates"]["judge"],
-        code=package_code("judging", "scoring", "templates", "backends/base", "backends/hf"),
+        code=package_code(
+            "judging", "scoring", "templates", "backends/base", "backends/hf"
+        ),
     output:
         judgments="results/iter{t}/judgments.jsonl",
         stats="results/iter{t}/stats/judge_responses.json",
-    params:
-        settings=lambda w: it(w)["judge"],
-        backend=CFG["backend"],
-        seed=seed_for("judge_responses"),
     log:
         "logs/iter{t}/judge_responses.log",
     benchmark:
         "benchmarks/iter{t}/judge_responses.tsv"
     conda:
         "../envs/generation.yaml"
+    params:
+        settings=lambda w: it(w)["judge"],
+        backend=CFG["backend"],
+        seed=seed_for("judge_responses"),
     script:
         "../workflow_scripts/judge_responses.py"

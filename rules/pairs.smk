@@ -14,15 +14,15 @@ rule build_pairs:
         judge="results/iter{t}/pairs/judge.jsonl",
         train="results/iter{t}/pairs/train.jsonl",
         stats="results/iter{t}/stats/build_pairs.json",
-    params:
-        settings=lambda w: it(w)["pairs"],
-        elo_l2=lambda w: it(w)["meta_judge"]["elo_l2"],
-        seed=seed_for("build_pairs"),
     log:
         "logs/iter{t}/build_pairs.log",
     benchmark:
         "benchmarks/iter{t}/build_pairs.tsv"
     conda:
         "../envs/core.yaml"
+    params:
+        settings=lambda w: it(w)["pairs"],
+        elo_l2=lambda w: it(w)["meta_judge"]["elo_l2"],
+        seed=seed_for("build_pairs"),
     script:
         "../workflow_scripts/build_pairs.py"

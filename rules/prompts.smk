@@ -13,14 +13,14 @@ rule sample_prompts:
     output:
         prompts="results/iter{t}/prompts.jsonl",
         stats="results/iter{t}/stats/sample_prompts.json",
-    params:
-        counts=lambda w: [ITERATIONS[i]["prompts"] for i in range(int(w.t))],
-        seed=stage_seed(CFG["seed"], 0, "sample_prompts"),
     log:
         "logs/iter{t}/sample_prompts.log",
     benchmark:
         "benchmarks/iter{t}/sample_prompts.tsv"
     conda:
         "../envs/core.yaml"
+    params:
+        counts=lambda w: [ITERATIONS[i]["prompts"] for i in range(int(w.t))],
+        seed=stage_seed(CFG["seed"], 0, "sample_prompts"),
     script:
         "../workflow_scripts/sample_prompts.py"

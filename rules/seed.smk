@@ -13,15 +13,15 @@ rule prepare_seed_model:
         model=directory(
             "results/seed/model" if CFG["eft"]["enabled"] else "results/iter0/model"
         ),
-    params:
-        source=CFG["seed_model"]["source"],
-        dtype=CFG["seed_model"]["dtype"],
     log:
         "logs/iter0/prepare_seed_model.log",
     benchmark:
         "benchmarks/iter0/prepare_seed_model.tsv"
     conda:
         "../envs/generation.yaml"
+    params:
+        source=CFG["seed_model"]["source"],
+        dtype=CFG["seed_model"]["dtype"],
     script:
         "../workflow_scripts/prepare_seed_model.py"
 
@@ -37,14 +37,18 @@ if CFG["eft"]["enabled"]:
         output:
             model=directory("results/iter0/model"),
             metrics="results/iter0/stats/train_eft.json",
-        params:
-            settings={k: v for k, v in CFG["eft"].items() if k not in ("enabled", "demonstrations")},
-            seed=stage_seed(CFG["seed"], 0, "train_eft"),
         log:
             "logs/iter0/train_eft.log",
         benchmark:
             "benchmarks/iter0/train_eft.tsv"
         conda:
             "../envs/training.yaml"
+        params:
+            settings={
+                k: v
+                for k, v in CFG["eft"].items()
+                if k not in ("enabled", "demonstrations")
+            },
+            seed=stage_seed(CFG["seed"], 0, "train_eft"),
         script:
             "../workflow_scripts/train_eft.py"

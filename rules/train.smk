@@ -13,14 +13,14 @@ rule train_dpo:
     output:
         model=directory("results/iter{t}/model"),
         metrics="results/iter{t}/stats/train_dpo.json",
-    params:
-        settings=lambda w: it(w)["dpo"],
-        seed=seed_for("train_dpo"),
     log:
         "logs/iter{t}/train_dpo.log",
     benchmark:
         "benchmarks/iter{t}/train_dpo.tsv"
     conda:
         "../envs/training.yaml"
+    params:
+        settings=lambda w: it(w)["dpo"],
+        seed=seed_for("train_dpo"),
     script:
         "../workflow_scripts/train_dpo.py"

@@ -63,3 +63,10 @@ def test_pool_too_small_stops_before_any_job(tmp_path, tiny_model):
     assert result.returncode != 0
     assert "but the iterations need 400" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_snakefmt_is_clean():
+    import subprocess
+
+    result = subprocess.run(["snakefmt", "--check", "Snakefile", "rules/"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
