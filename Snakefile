@@ -11,7 +11,12 @@ results/iter{t}/model. Output-path grammar (the only paths the workflow writes):
     results/iter{t}/meta_judgments.jsonl    ordered judgment comparisons (meta-judge)
     results/iter{t}/pairs/{actor,judge,train}.jsonl
     results/iter{t}/model/                  the model trained in iteration t
+    results/iter{t}/shards/                 per-shard outputs of the model stages
     results/iter{t}/stats/{rule}.json       what each stage did: counts, drop reasons, seconds
+    results/iter{t}/manifests/{job}.json    hashes of a job's inputs/outputs, params, versions
+    results/iter{t}/eval/                   evaluation of model t (iteration 0 = the seed)
+    results/metrics.tsv, results/plots/     one row per model; the report's plots
+    results/MANIFEST.json                   the run's stage manifests, config, git commit
     logs/iter{t}/{rule}.log                 and benchmarks/iter{t}/{rule}.tsv beside them
 """
 
@@ -31,9 +36,12 @@ include: "rules/judge.smk"
 include: "rules/meta_judge.smk"
 include: "rules/pairs.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/provenance.smk"
 
 
 rule all:
     default_target: True
     input:
         final_outputs(),
+        "results/MANIFEST.json",

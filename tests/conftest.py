@@ -29,6 +29,16 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model):
+    """The default-shaped two-iteration workflow, run once on the tiny model; tests read it
+    and dry-run changes against it (none of them may change its files)."""
+    workdir = tmp_path_factory.mktemp("tiny-run")
+    write_config(workdir / "config.yaml", tiny_config(tiny_model))
+    result = snakemake(workdir, "--configfile", str(workdir / "config.yaml"))
+    return workdir, result
+
+
 def tiny_config(model: Path, **overrides) -> dict:
     """A two-iteration experiment on the tiny model with the repository's data, in seconds."""
     config = {
@@ -49,6 +59,15 @@ def tiny_config(model: Path, **overrides) -> dict:
             "dpo": {"batch_size": 2, "max_length": 512},
         },
         "iterations": [{}, {"pairs": {"rho": 0.32}, "meta_judge": {"enabled": False}}],
+        "evaluation": {
+            "sets": {"heldout": {"source": str(REPO / "data/prompts/eval.jsonl"), "limit": 3}},
+            "generation": {"max_new_tokens": 8},
+            "evaluator": {"template": str(REPO / "data/templates/pairwise.txt"), "verdict_mode": "forced",
+                          "max_new_tokens": 4, "preference": "weighted"},
+            "human_preferences": {"path": str(REPO / "data/eval/human_preferences.jsonl"), "limit": 4,
+                                  "judge_overrides": {"judgments": 1}},
+            "bootstrap": {"samples": 200},
+        },
     }
     config.update(overrides)
     return config

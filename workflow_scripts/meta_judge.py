@@ -1,20 +1,21 @@
 """meta_judge -> metarewarding.meta_judging.meta_judge."""
 
-from metarewarding.logs import log_to
+from metarewarding.provenance import recorded
 
-log_to(snakemake.log[0])
+with recorded(snakemake):
+    from metarewarding.meta_judging import meta_judge
 
-from metarewarding.meta_judging import meta_judge  # noqa: E402
-
-meta_judge(
-    judgments_path=snakemake.input.judgments,
-    responses_path=snakemake.input.responses,
-    model_dir=snakemake.input.model,
-    template_path=snakemake.input.template,
-    backend_settings=snakemake.params.backend,
-    settings=snakemake.params.settings,
-    seed=snakemake.params.seed,
-    out_path=snakemake.output.meta_judgments,
-    stats_path=snakemake.output.stats,
-    threads=snakemake.threads,
-)
+    meta_judge(
+        judgments_path=snakemake.input.judgments,
+        responses_path=snakemake.input.responses,
+        model_dir=snakemake.input.model,
+        template_path=snakemake.input.template,
+        backend_settings=snakemake.params.backend,
+        settings=snakemake.params.settings,
+        seed=snakemake.params.seed,
+        out_path=snakemake.output.meta_judgments,
+        stats_path=snakemake.output.stats,
+        threads=snakemake.threads,
+        shard=int(snakemake.wildcards.shard),
+        shards=snakemake.params.shards,
+    )

@@ -1,13 +1,12 @@
 """prepare_seed_model -> metarewarding.seed.prepare_seed_model."""
 
-from metarewarding.logs import log_to
+from metarewarding.provenance import recorded
 
-log_to(snakemake.log[0])
+with recorded(snakemake):
+    from metarewarding.seed import prepare_seed_model
 
-from metarewarding.seed import prepare_seed_model  # noqa: E402
-
-prepare_seed_model(
-    source=snakemake.params.source,
-    out_dir=snakemake.output.model,
-    dtype=snakemake.params.dtype,
-)
+    prepare_seed_model(
+        source=snakemake.params.source,
+        out_dir=snakemake.output.model,
+        dtype=snakemake.params.dtype,
+    )

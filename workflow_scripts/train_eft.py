@@ -1,18 +1,17 @@
 """train_eft -> metarewarding.training.train_eft."""
 
-from metarewarding.logs import log_to
+from metarewarding.provenance import recorded
 
-log_to(snakemake.log[0])
+with recorded(snakemake):
+    from metarewarding.training import train_eft
 
-from metarewarding.training import train_eft  # noqa: E402
-
-train_eft(
-    demos_path=snakemake.input.demonstrations,
-    template_path=snakemake.input.template,
-    model_dir=snakemake.input.model,
-    settings=snakemake.params.settings,
-    seed=snakemake.params.seed,
-    out_dir=snakemake.output.model,
-    metrics_path=snakemake.output.metrics,
-    threads=snakemake.threads,
-)
+    train_eft(
+        demos_path=snakemake.input.demonstrations,
+        template_path=snakemake.input.template,
+        model_dir=snakemake.input.model,
+        settings=snakemake.params.settings,
+        seed=snakemake.params.seed,
+        out_dir=snakemake.output.model,
+        metrics_path=snakemake.output.metrics,
+        threads=snakemake.threads,
+    )

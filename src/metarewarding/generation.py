@@ -7,6 +7,7 @@ import time
 
 from .backends import Backend, Sampling, load_backend, user_prompt
 from .records import read_jsonl, write_json, write_jsonl
+from .shards import gather, select_shard
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,18 @@ def response_records(prompts: list[dict], backend: Backend, settings: dict, seed
     return records
 
 
+def generation_summary(records: list[dict]) -> dict:
+    """Counts of one generation run (or of gathered shards)."""
+    return {
+        "prompts": len({r["prompt_id"] for r in records}),
+        "responses": len(records),
+        "truncated": sum(r["finish_reason"] == "length" for r in records),
+        "empty": sum(not r["response"].strip() for r in records),
+        "completion_tokens": sum(r["completion_tokens"] for r in records),
+        "mean_chars": round(sum(len(r["response"]) for r in records) / max(len(records), 1), 1),
+    }
+
+
 def generate_responses(
     prompts_path: str,
     model_dir: str,
@@ -40,24 +53,24 @@ def generate_responses(
     out_path: str,
     stats_path: str,
     threads: int | None = None,
+    shard: int = 0,
+    shards: int = 1,
 ) -> dict:
+    """Sample responses for shard ``shard`` of ``shards`` of the prompts."""
     start = time.perf_counter()
     prompts = read_jsonl(prompts_path, required=("prompt_id", "prompt"), id_field="prompt_id")
+    prompts = select_shard(prompts, shard, shards)
     backend = load_backend(backend_settings, model_dir, threads=threads)
     loaded = time.perf_counter()
     records = response_records(prompts, backend, settings, seed)
     write_jsonl(out_path, records)
-    truncated = sum(r["finish_reason"] == "length" for r in records)
-    tokens = sum(r["completion_tokens"] for r in records)
+    summary = generation_summary(records)
+    tokens = summary["completion_tokens"]
     seconds = time.perf_counter() - loaded
     stats = {
         "stage": "generate_responses",
-        "prompts": len(prompts),
-        "responses": len(records),
-        "truncated": truncated,
-        "empty": sum(not r["response"].strip() for r in records),
-        "completion_tokens": tokens,
-        "mean_chars": round(sum(len(r["response"]) for r in records) / max(len(records), 1), 1),
+        "shard": shard,
+        **summary,
         "seed": seed,
         "settings": settings,
         "backend": backend.describe(),
@@ -66,5 +79,11 @@ def generate_responses(
         "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
     }
     write_json(stats_path, stats)
-    log.info("%d responses, %d truncated, %.1f tokens/s", len(records), truncated, stats["tokens_per_second"] or 0)
+    log.info("%d responses, %d truncated, %.1f tokens/s", len(records), summary["truncated"],
+             stats["tokens_per_second"] or 0)
     return stats
+
+
+def gather_responses(shard_paths: list[str], stats_paths: list[str], out_path: str, stats_out: str) -> dict:
+    """Concatenate the shards' records in order and combine their stats."""
+    return gather(shard_paths, stats_paths, "response_id", generation_summary, out_path, stats_out)

@@ -17,9 +17,10 @@ import time
 from collections import Counter
 from typing import Sequence
 
-from .backends import Backend, ChatPrompt, Sampling, load_backend
+from .backends import Backend, ChatPrompt, Completion, Sampling, generate_forced, load_backend
 from .records import read_jsonl, write_json, write_jsonl
 from .scoring import parse_score
+from .shards import gather, select_shard
 from .templates import JUDGE_FIELDS, judge_prompt, load_template
 
 log = logging.getLogger(__name__)
@@ -46,21 +47,22 @@ def sample_option(logprobs: dict[str, float], temperature: float, rng: random.Ra
     return rng.choices(options, weights=weights)[0]
 
 
-def force_line(
-    backend: Backend, prompts: Sequence[ChatPrompt], bodies: Sequence[str], label: str,
-    options: Sequence[str], temperature: float, seed: int,
-) -> list[tuple[str, dict]]:
-    """Append ``label`` to each generated body and let the model pick among ``options``
-    (sampled at ``temperature`` with a seeded RNG); return the completed texts and the
-    options' log-probabilities."""
-    heads = [body.rstrip() + label for body in bodies]
-    forced = [ChatPrompt(p.messages, continuation=h) for p, h in zip(prompts, heads)]
+def sample_lines(
+    backend: Backend, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
+    forced: tuple[str, Sequence[str]] | None,
+) -> list[list[tuple[Completion, str, dict | None]]]:
+    """n generations per prompt as ``(completion, final text, option log-probabilities)``.
+
+    With ``forced = (label, options)`` every text is the generated body, then ``label``, then
+    an option sampled from the model's next-token distribution over ``options`` at the
+    sampling temperature (seeded); otherwise the text is the generation itself."""
+    if forced is None:
+        return [[(c, c.text, None) for c in cs] for cs in backend.generate(prompts, n, sampling, seed)]
+    label, options = forced
     rng = random.Random(seed)
-    out = []
-    for head, choice in zip(heads, backend.choose(forced, options)):
-        option = sample_option(choice.logprobs, temperature, rng)
-        out.append((head + option, {o.strip(): round(lp, 4) for o, lp in choice.logprobs.items()}))
-    return out
+    rows = generate_forced(backend, prompts, n, sampling, seed, label, options)
+    return [[(c, c.text.rstrip() + label + sample_option(lp, sampling.temperature, rng),
+              {o.strip(): round(v, 4) for o, v in lp.items()}) for c, lp in row] for row in rows]
 
 
 def judgment_records(
@@ -70,30 +72,26 @@ def judgment_records(
     low, high = settings["score_min"], settings["score_max"]
     prompts = [judge_prompt(template, r["prompt"], r["response"]) for r in responses]
     sampling = Sampling(settings["max_new_tokens"], settings["temperature"], settings["top_p"])
-    outputs = backend.generate(prompts, n=settings["judgments"], sampling=sampling, seed=seed)
-    flat = [(r, p, k, c) for r, p, cs in zip(responses, prompts, outputs) for k, c in enumerate(cs)]
-    forced = settings["score_mode"] == "forced"
-    if forced:
-        completed = force_line(backend, [p for _, p, _, _ in flat], [c.text for *_, c in flat],
-                               SCORE_LABEL, score_options(low, high), settings["temperature"], seed)
+    forced = (SCORE_LABEL, score_options(low, high)) if settings["score_mode"] == "forced" else None
+    rows = sample_lines(backend, prompts, settings["judgments"], sampling, seed, forced)
     records = []
-    for index, (response, _, k, c) in enumerate(flat):
-        text, logprobs = completed[index] if forced else (c.text, None)
-        parsed = parse_score(text, low, high)
-        record = {
-            "judgment_id": f"{response['response_id']}-j{k}",
-            "response_id": response["response_id"],
-            "prompt_id": response["prompt_id"],
-            "judgment": text,
-            "score": parsed.value,
-            "parse_error": parsed.error,
-            "free_score": parse_score(c.text, low, high).value,
-            "completion_tokens": c.completion_tokens,
-            "finish_reason": c.finish_reason,
-        }
-        if forced:
-            record["score_logprobs"] = logprobs
-        records.append(record)
+    for response, row in zip(responses, rows):
+        for k, (c, text, logprobs) in enumerate(row):
+            parsed = parse_score(text, low, high)
+            record = {
+                "judgment_id": f"{response['response_id']}-j{k}",
+                "response_id": response["response_id"],
+                "prompt_id": response["prompt_id"],
+                "judgment": text,
+                "score": parsed.value,
+                "parse_error": parsed.error,
+                "free_score": parse_score(c.text, low, high).value,
+                "completion_tokens": c.completion_tokens,
+                "finish_reason": c.finish_reason,
+            }
+            if logprobs is not None:
+                record["score_logprobs"] = logprobs
+            records.append(record)
     return records
 
 
@@ -125,18 +123,23 @@ def judge_responses(
     out_path: str,
     stats_path: str,
     threads: int | None = None,
+    shard: int = 0,
+    shards: int = 1,
 ) -> dict:
+    """Judge the responses of shard ``shard`` of ``shards`` of the prompts."""
     start = time.perf_counter()
     template = load_template(template_path, JUDGE_FIELDS)
     responses = read_jsonl(
         responses_path, required=("response_id", "prompt_id", "prompt", "response"), id_field="response_id"
     )
+    responses = select_shard(responses, shard, shards)
     backend = load_backend(backend_settings, model_dir, threads=threads)
     loaded = time.perf_counter()
     records = judgment_records(responses, backend, template, settings, seed)
     write_jsonl(out_path, records)
     stats = {
         "stage": "judge_responses",
+        "shard": shard,
         "responses": len(responses),
         **judging_stats(records, settings["score_min"], settings["score_max"]),
         "seed": seed,
@@ -148,3 +151,11 @@ def judge_responses(
     write_json(stats_path, stats)
     log.info("%d judgments, parse rate %s, mean score %s", stats["judgments"], stats["parse_rate"], stats["score_mean"])
     return stats
+
+
+def gather_judgments(
+    shard_paths: list[str], stats_paths: list[str], low: float, high: float, out_path: str, stats_out: str
+) -> dict:
+    """Concatenate the shards' judgments in order; recompute parse rates and score counts."""
+    return gather(shard_paths, stats_paths, "judgment_id", lambda r: judging_stats(r, low, high),
+                  out_path, stats_out)

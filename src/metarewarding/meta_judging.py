@@ -15,10 +15,11 @@ import time
 from collections import Counter, defaultdict
 
 from .backends import Backend, Sampling, load_backend
-from .judging import force_line
+from .judging import sample_lines
 from .records import read_jsonl, write_json, write_jsonl
 from .scoring import outcome_from_winner, parse_winner
 from .selection import Skipped, select_high_variance
+from .shards import gather, select_shard
 from .templates import META_JUDGE_FIELDS, load_template, meta_judge_prompt
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,10 @@ def meta_judgment_records(
         r = responses[first["response_id"]]
         prompts.append(meta_judge_prompt(template, r["prompt"], r["response"], first["judgment"], second["judgment"]))
     sampling = Sampling(settings["max_new_tokens"], settings["temperature"], settings["top_p"])
-    outputs = [cs[0] for cs in backend.generate(prompts, n=1, sampling=sampling, seed=seed)]
-    if settings["winner_mode"] == "forced":
-        texts = [t for t, _ in force_line(backend, prompts, [c.text for c in outputs], WINNER_LABEL,
-                                               WINNER_OPTIONS, settings["temperature"], seed)]
-    else:
-        texts = [c.text for c in outputs]
+    forced = (WINNER_LABEL, WINNER_OPTIONS) if settings["winner_mode"] == "forced" else None
+    rows = [row[0] for row in sample_lines(backend, prompts, 1, sampling, seed, forced)]
     records = []
-    for (first, second), c, text in zip(pairs, outputs, texts):
+    for (first, second), (c, text, _) in zip(pairs, rows):
         parsed = parse_winner(text)
         records.append({
             "meta_judgment_id": f"{first['judgment_id']}-vs-{second['judgment_id'].rsplit('-', 1)[-1]}",
@@ -88,6 +85,19 @@ def meta_judgment_records(
     return records
 
 
+def meta_judging_summary(records: list[dict]) -> dict:
+    """Counts of one meta-judging run (or of gathered shards)."""
+    outcomes = Counter(r["outcome"] for r in records)
+    return {
+        "selected_responses": len({r["response_id"] for r in records}),
+        "comparisons": len(records),
+        "first_wins": outcomes[1],
+        "second_wins": outcomes[-1],
+        "unparsed": outcomes[0],
+        "parse_failures": dict(Counter(r["parse_error"] for r in records if r["parse_error"])),
+    }
+
+
 def meta_judge(
     judgments_path: str,
     responses_path: str,
@@ -99,11 +109,15 @@ def meta_judge(
     out_path: str,
     stats_path: str,
     threads: int | None = None,
+    shard: int = 0,
+    shards: int = 1,
 ) -> dict:
+    """Meta-judge the prompts of shard ``shard`` of ``shards``."""
     start = time.perf_counter()
     template = load_template(template_path, META_JUDGE_FIELDS)
     judgments = read_jsonl(judgments_path, required=("judgment_id", "response_id", "prompt_id", "judgment", "score"),
                            id_field="judgment_id")
+    judgments = select_shard(judgments, shard, shards)
     responses = {r["response_id"]: r for r in read_jsonl(responses_path, required=("response_id", "prompt", "response"),
                                                           id_field="response_id")}
     selected, skipped = select_responses(judgments, seed)
@@ -112,17 +126,12 @@ def meta_judge(
     loaded = time.perf_counter()
     records = meta_judgment_records(pairs, responses, backend, template, settings, seed) if pairs else []
     write_jsonl(out_path, records)
-    outcomes = Counter(r["outcome"] for r in records)
     stats = {
         "stage": "meta_judge",
+        "shard": shard,
         "prompts": len({j["prompt_id"] for j in judgments}),
-        "selected_responses": len(selected),
         "skipped_prompts": dict(skipped),
-        "comparisons": len(records),
-        "first_wins": outcomes[1],
-        "second_wins": outcomes[-1],
-        "unparsed": outcomes[0],
-        "parse_failures": dict(Counter(r["parse_error"] for r in records if r["parse_error"])),
+        **meta_judging_summary(records),
         "seed": seed,
         "settings": settings,
         "backend": backend.describe(),
@@ -130,5 +139,10 @@ def meta_judge(
         "seconds": round(time.perf_counter() - loaded, 3),
     }
     write_json(stats_path, stats)
-    log.info("%d comparisons over %d responses; %d unparsed", len(records), len(selected), outcomes[0])
+    log.info("%d comparisons over %d responses; %d unparsed", len(records), len(selected), stats["unparsed"])
     return stats
+
+
+def gather_meta_judgments(shard_paths: list[str], stats_paths: list[str], out_path: str, stats_out: str) -> dict:
+    """Concatenate the shards' records in order and combine their stats."""
+    return gather(shard_paths, stats_paths, "meta_judgment_id", meta_judging_summary, out_path, stats_out)

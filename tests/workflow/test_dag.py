@@ -17,7 +17,11 @@ def test_default_config_lists_every_stage_of_both_iterations(tmp_path):
     out = dry_run(tmp_path, "--configfile", str(REPO / "config.yaml"))
     assert jobs_run(out) == {
         "prepare_seed_model": 1, "sample_prompts": 2, "generate_responses": 2, "judge_responses": 2,
-        "meta_judge": 2, "build_pairs": 2, "train_dpo": 2, "all": 1,
+        "meta_judge": 2, "gather_responses": 2, "gather_judgments": 2, "gather_meta_judgments": 2, "build_pairs": 2, "train_dpo": 2, "all": 1,
+        # evaluation of 3 models (iteration 0 = the seed) on 1 set; judge health of 2 iterations
+        "generate_eval_outputs": 3, "annotate_pairwise": 3, "evaluate_win_rate": 3, "evaluate_judge_agreement": 3,
+        "annotate_actor_pairs": 2, "evaluate_judge_health": 2, "collect_metrics": 1, "plot_metrics": 1,
+        "write_run_manifest": 1,
     }
 
 
@@ -26,7 +30,12 @@ def test_paper_config_has_four_iterations_and_meta_judge_only_in_1_and_2(tmp_pat
     counts = jobs_run(stdout)
     assert counts == {
         "prepare_seed_model": 1, "train_eft": 1, "sample_prompts": 4, "generate_responses": 4,
-        "judge_responses": 4, "meta_judge": 2, "build_pairs": 4, "train_dpo": 4, "all": 1,
+        "judge_responses": 4, "meta_judge": 2, "gather_responses": 4, "gather_judgments": 4,
+        "gather_meta_judgments": 2, "build_pairs": 4, "train_dpo": 4, "all": 1,
+        # evaluation of 5 models on 2 sets (held-out prompts and MT-Bench)
+        "generate_eval_outputs": 10, "annotate_pairwise": 10, "evaluate_win_rate": 10, "evaluate_judge_agreement": 5,
+        "annotate_actor_pairs": 4, "evaluate_judge_health": 4, "collect_metrics": 1, "plot_metrics": 1,
+        "write_run_manifest": 1,
     }
     meta_outputs = set(re.findall(r"results/iter(\d+)/meta_judgments\.jsonl", stdout))
     assert meta_outputs == {"1", "2"}

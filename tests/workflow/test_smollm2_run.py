@@ -33,10 +33,20 @@ def test_smollm2_one_iteration_end_to_end(tmp_path):
             "dpo": {"batch_size": 2, "max_length": 640},
         },
         "iterations": [{}],
+        "evaluation": {  # every evaluation stage on the real model, at a token budget
+            "sets": {"heldout": {"source": "data/prompts/eval.jsonl", "limit": 2}},
+            "generation": {"max_new_tokens": 16},
+            "evaluator": {"max_new_tokens": 8},
+            "human_preferences": {"limit": 2, "judge_overrides": {"judgments": 1, "max_new_tokens": 8}},
+            "bootstrap": {"samples": 200},
+        },
     }
     write_config(tmp_path / "config.yaml", config)
     result = snakemake(tmp_path, "--configfile", str(tmp_path / "config.yaml"), timeout=1500)
-    assert jobs_run(result.stdout + result.stderr)["train_dpo"] == 1
+    counts = jobs_run(result.stdout + result.stderr)
+    assert counts["train_dpo"] == 1 and counts["generate_eval_outputs"] == 2
+    rows = (tmp_path / "results/metrics.tsv").read_text().splitlines()
+    assert len(rows) == 3  # header, iter0, iter1
 
     seed_config = json.loads((tmp_path / "results/iter0/model/config.json").read_text())
     assert seed_config["model_type"] == "llama" and "quantization_config" not in seed_config

@@ -74,3 +74,28 @@ def user_prompt(text: str, system: str | None = None) -> ChatPrompt:
     """A single-turn chat prompt, with an optional system message."""
     messages = ({"role": "system", "content": system},) if system else ()
     return ChatPrompt(messages=messages + ({"role": "user", "content": text},))
+
+
+def generate_then_choose(
+    backend: Backend, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
+    label: str, options: Sequence[str],
+) -> list[list[tuple[Completion, dict[str, float]]]]:
+    """A forced line for any backend: generate, then ask ``choose`` about text + ``label``.
+    Backends that can continue their own cache offer a faster ``generate_forced``."""
+    completions = backend.generate(prompts, n, sampling, seed)
+    flat = [ChatPrompt(p.messages, p.continuation + c.text.rstrip() + label)
+            for p, cs in zip(prompts, completions) for c in cs]
+    choices = iter(backend.choose(flat, options))
+    return [[(c, next(choices).logprobs) for c in cs] for cs in completions]
+
+
+def generate_forced(
+    backend: Backend, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
+    label: str, options: Sequence[str],
+) -> list[list[tuple[Completion, dict[str, float]]]]:
+    """n completions per prompt, each with the log-probabilities of ``options`` after
+    completion + ``label``; uses the backend's fused path when it has one."""
+    fused = getattr(backend, "generate_forced", None)
+    if fused is not None:
+        return fused(prompts, n, sampling, seed, label, options)
+    return generate_then_choose(backend, prompts, n, sampling, seed, label, options)

@@ -1,9 +1,12 @@
 """The transformers backend: batched, left-padded generation with the model's chat template.
 
-Rows (one per prompt and sample) are sorted by prompt length and cut into batches of
-``batch_size`` so that padding stays small; results come back in prompt order. Each batch is
-sampled under its own seed, derived from the call's seed and the batch's first row, so a
-call's output depends only on the prompts, the seed and the batch size.
+Prompts are sorted by length and batched (``batch_size`` rows = prompts x samples) so that
+padding stays small; results come back in prompt order. Each prompt is prefilled once and its
+KV cache repeated for its n samples. Every (prompt, sample) row draws from its own seeded
+random generator, so the batch a prompt lands in does not change the random stream it sees
+(the floating-point results of a batch can still differ in the last bits with its padding).
+A forced line (``Score:`` + digit) continues the same cache instead of reading the prompt
+again.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from .base import ChatPrompt, Choice, Completion, Sampling
+from .base import ChatPrompt, Choice, Completion, Sampling, generate_then_choose
 
 log = logging.getLogger(__name__)
 
@@ -72,35 +75,84 @@ class TransformersBackend:
     def generate(
         self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int
     ) -> list[list[Completion]]:
-        texts = [self.render(p) for p in prompts]
-        rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        rows.sort(key=lambda row: (len(encoded[row[0]]), row))
-        out: list[list[Completion | None]] = [[None] * n for _ in prompts]
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
-            torch.manual_seed(_batch_seed(seed, batch[0]))
-            completions = self._generate_batch([encoded[i] for i, _ in batch], sampling)
-            for (i, j), completion in zip(batch, completions):
-                out[i][j] = completion
-        return out  # type: ignore[return-value]
+        return [[c for c, _ in row] for row in self._run(prompts, n, sampling, seed, None)]
+
+    def generate_forced(
+        self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
+        label: str, options: Sequence[str],
+    ) -> list[list[tuple[Completion, dict[str, float]]]]:
+        """Sample completions, then append ``label`` to each and score ``options`` as the next
+        tokens, continuing each completion's KV cache (no second pass over the prompt)."""
+        label_ids, option_ids = _split_options(self.tokenizer, label, options)
+        if any(len(t) != 1 for t in option_ids):
+            return generate_then_choose(self, prompts, n, sampling, seed, label, options)
+        forced = (label_ids, [t[0] for t in option_ids], list(options))
+        return self._run(prompts, n, sampling, seed, forced)
+
+    def _run(self, prompts, n, sampling, seed, forced):
+        """Batch unique prompts (sorted by length), n rows each, and decode them together."""
+        encoded = [self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+        per_batch = max(1, self.batch_size // n)
+        out: list = [None] * len(prompts)
+        for start in range(0, len(order), per_batch):
+            chunk = order[start : start + per_batch]
+            rows = self._decode([encoded[i] for i in chunk], chunk, n, sampling, seed, forced)
+            for k, i in enumerate(chunk):
+                out[i] = rows[k * n : (k + 1) * n]
+        return out
+
+    def _forward(self, cache, input_ids, mask, positions) -> torch.Tensor:
+        """One forward pass that extends ``cache``; the logits of the last position."""
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                          cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     @torch.inference_mode()
-    def _generate_batch(self, ids: list[list[int]], sampling: Sampling) -> list[Completion]:
-        inputs = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
-        greedy = sampling.temperature == 0
-        output = self.model.generate(
-            **inputs,
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos_ids,
-        )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-        return [self._completion(len(p), toks) for p, toks in zip(ids, new_tokens)]
+    def _decode(self, ids, prompt_indices, n, sampling, seed, forced):
+        """Prefill each prompt once, repeat its KV cache for n samples, and sample token by
+        token with one seeded generator per (prompt, sample); optionally score a forced line.
+        Rows that have stopped keep running with their new positions masked out."""
+        from transformers import DynamicCache
+
+        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
+        mask = batch["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._forward(cache, batch["input_ids"], mask, positions)
+        cache.batch_repeat_interleave(n)
+        logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        next_pos = positions[:, -1:].repeat_interleave(n, 0) + 1
+        generators = [_generator(self.device, seed, i, j) for i in prompt_indices for j in range(n)]
+        eos = torch.tensor(self.eos_ids, device=self.device)
+        done = torch.zeros(len(generators), dtype=torch.bool, device=self.device)
+        tokens: list[torch.Tensor] = []
+        for step in range(sampling.max_new_tokens):
+            token = _sample(logits, sampling, generators)
+            token = token.masked_fill(done, self.tokenizer.pad_token_id)
+            tokens.append(token)
+            live = ~(done | torch.isin(token, eos))
+            done = ~live
+            last_step = step == sampling.max_new_tokens - 1
+            if done.all() or (last_step and forced is None):
+                break
+            mask = torch.cat([mask, live.long()[:, None]], dim=1)
+            logits = self._forward(cache, token[:, None], mask, next_pos)
+            next_pos = next_pos + live.long()[:, None]
+        generated = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in generators]
+        completions = [self._completion(len(ids[k // n]), row) for k, row in enumerate(generated)]
+        if forced is None:
+            return [(c, None) for c in completions]
+        return list(zip(completions, self._score_forced(cache, mask, next_pos, forced)))
+
+    def _score_forced(self, cache, mask, next_pos, forced) -> list[dict[str, float]]:
+        """Log-probabilities of the options after the label, continuing every row's cache."""
+        label_ids, option_ids, options = forced
+        label = torch.tensor([label_ids] * mask.shape[0], device=self.device)
+        mask = torch.cat([mask, torch.ones_like(label)], dim=1)
+        positions = next_pos + torch.arange(len(label_ids), device=self.device)[None, :]
+        logits = self._forward(cache, label, mask, positions)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)[:, option_ids].tolist()
+        return [dict(zip(options, row)) for row in logprobs]
 
     def _completion(self, prompt_len: int, tokens: list[int]) -> Completion:
         """Cut a generated row at its first end-of-sequence token."""
@@ -175,6 +227,20 @@ def _eos_ids(generation_config, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def _batch_seed(seed: int, first_row: tuple[int, int]) -> int:
-    """A batch's sampling seed: fixed by the call's seed and the batch's first (prompt, sample)."""
-    return (seed * 1_000_003 + first_row[0] * 1_009 + first_row[1]) % (2**31 - 1)
+def _generator(device: str, seed: int, prompt: int, sample: int) -> torch.Generator:
+    """The random stream of one (prompt, sample): independent of batching and sharding."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + prompt * 1_009 + sample) % (2**63 - 1))
+    return g
+
+
+def _sample(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row: greedy at temperature 0, else temperature + nucleus (top-p) sampling."""
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, index = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > sampling.top_p
+        probs = torch.zeros_like(probs).scatter(-1, index, sorted_probs.masked_fill(outside, 0.0))
+    return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)])

@@ -1,0 +1,115 @@
+"""Reproducibility, resume after a kill, and incremental reruns on the tiny model.
+
+Each test of a change is one row of the README's rerun table (the rho row is in
+test_tiny_run.py): it dry-runs the finished tiny run after the change and checks which jobs
+Snakemake would run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, jobs_run, snakemake, tiny_config, write_config
+
+RECORDS = ["prompts.jsonl", "responses.jsonl", "judgments.jsonl", "meta_judgments.jsonl",
+           "pairs/actor.jsonl", "pairs/judge.jsonl", "pairs/train.jsonl"]
+
+
+def dry_run_after(workdir: Path, change) -> dict[str, int]:
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    change(config)
+    write_config(workdir / "changed.yaml", config)
+    result = snakemake(workdir, "-n", "--configfile", str(workdir / "changed.yaml"))
+    return jobs_run(result.stdout + result.stderr)
+
+
+@contextmanager
+def touched(path: Path):
+    """Make ``path`` newer than every output, as an edit would; restore its time afterwards."""
+    before = path.stat()
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    try:
+        yield
+    finally:
+        os.utime(path, (before.st_atime, before.st_mtime))
+
+
+def test_evaluation_setting_reruns_only_evaluation(tiny_run):
+    workdir, _ = tiny_run
+    counts = dry_run_after(workdir, lambda c: c["evaluation"]["bootstrap"].update(samples=300))
+    assert set(counts) <= {"evaluate_win_rate", "collect_metrics", "plot_metrics", "write_run_manifest", "all"}
+    assert counts["evaluate_win_rate"] == 3
+
+
+def test_template_change_reruns_the_stages_that_use_it_onward(tiny_run):
+    workdir, _ = tiny_run
+    with touched(REPO / "data/templates/meta_judge.txt"):
+        result = snakemake(workdir, "-n", "--configfile", str(workdir / "config.yaml"))
+    counts = jobs_run(result.stdout + result.stderr)
+    # iteration 1 from the meta-judge on; iteration 2 (its model changed) from generation on
+    assert counts["meta_judge"] == 1 and counts["build_pairs"] == 2 and counts["train_dpo"] == 2
+    assert counts["generate_responses"] == 1 and counts["judge_responses"] == 1
+    assert "prepare_seed_model" not in counts and "sample_prompts" not in counts
+
+
+def test_package_code_change_reruns_that_stage_onward(tiny_run):
+    workdir, _ = tiny_run
+    with touched(REPO / "src/metarewarding/selection.py"):
+        result = snakemake(workdir, "-n", "--configfile", str(workdir / "config.yaml"))
+    counts = jobs_run(result.stdout + result.stderr)
+    # selection.py is used by meta_judge and build_pairs: iteration 1 from its meta-judge on
+    assert counts["meta_judge"] == 1 and counts["build_pairs"] == 2 and counts["train_dpo"] == 2
+    assert counts["generate_responses"] == 1 and counts["judge_responses"] == 1  # iteration 2 only
+    assert "output: results/iter1/responses" not in result.stdout
+    assert "output: results/iter1/shards/judgments" not in result.stdout
+
+
+def digests(workdir: Path) -> dict[str, str]:
+    out = {}
+    for t in (1, 2):
+        for name in RECORDS:
+            path = workdir / f"results/iter{t}" / name
+            if path.exists():
+                out[f"iter{t}/{name}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        weights = workdir / f"results/iter{t}/model/model.safetensors"
+        out[f"iter{t}/model"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return out
+
+
+def test_two_fresh_runs_give_identical_artifacts(tiny_run, tmp_path, tiny_model):
+    workdir, _ = tiny_run
+    write_config(tmp_path / "config.yaml", tiny_config(tiny_model))
+    snakemake(tmp_path, "--configfile", str(tmp_path / "config.yaml"), "--until", "train_dpo")
+    assert digests(tmp_path) == digests(workdir)
+
+
+def test_killed_run_resumes_without_redoing_finished_jobs(tiny_run, tmp_path, tiny_model):
+    workdir, _ = tiny_run
+    write_config(tmp_path / "config.yaml", tiny_config(tiny_model))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "2",
+           "--profile", str(REPO / "profiles/default"), "--configfile", str(tmp_path / "config.yaml"),
+           "--until", "train_dpo"]
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "logs/iter1/generate_responses.0.log").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGKILL)  # snakemake and the running job, mid-generation
+    run.wait()
+    assert not (tmp_path / "results/iter2/model").exists()
+    done_before = {p.name for p in (tmp_path / "results/iter1").glob("*.jsonl")}
+    snakemake(tmp_path, "--unlock", "--configfile", str(tmp_path / "config.yaml"))
+    resumed = snakemake(tmp_path, "--configfile", str(tmp_path / "config.yaml"), "--until", "train_dpo")
+    counts = jobs_run(resumed.stdout + resumed.stderr)
+    assert "prepare_seed_model" not in counts  # finished before the kill: not redone
+    if "prompts.jsonl" in done_before:
+        assert counts.get("sample_prompts", 0) <= 1
+    assert digests(tmp_path) == digests(workdir)
