@@ -100,7 +100,17 @@ def validate_config(config: dict) -> dict:
         _check_ranges(merged, f"iterations[{index}]")
         resolved.append(merged)
     filled["resolved_iterations"] = resolved
-    return filled
+    return _sorted(filled)
+
+
+def _sorted(value: Any) -> Any:
+    """Mappings with their keys sorted, recursively: settings reach the rules' params in one
+    order however the YAML was written, so reordering keys never looks like a change."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
 
 
 def _check_ranges(settings: dict, where: str) -> None:

@@ -29,8 +29,9 @@ def test_paper_config_has_four_iterations_and_meta_judge_only_in_1_and_2(tmp_pat
     stdout = dry_run(tmp_path, "--configfile", str(REPO / "configs/paper-llama3-8b.yaml"))
     counts = jobs_run(stdout)
     assert counts == {
-        "prepare_seed_model": 1, "train_eft": 1, "sample_prompts": 4, "generate_responses": 4,
-        "judge_responses": 4, "meta_judge": 2, "gather_responses": 4, "gather_judgments": 4,
+        # 8 shards per model stage (one per GPU of a node)
+        "prepare_seed_model": 1, "train_eft": 1, "sample_prompts": 4, "generate_responses": 32,
+        "judge_responses": 32, "meta_judge": 16, "gather_responses": 4, "gather_judgments": 4,
         "gather_meta_judgments": 2, "build_pairs": 4, "train_dpo": 4, "all": 1,
         # evaluation of 5 models on 2 sets (held-out prompts and MT-Bench)
         "generate_eval_outputs": 10, "annotate_pairwise": 10, "evaluate_win_rate": 10, "evaluate_judge_agreement": 5,

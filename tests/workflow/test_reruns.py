@@ -33,13 +33,16 @@ def dry_run_after(workdir: Path, change) -> dict[str, int]:
 
 
 @contextmanager
-def touched(path: Path):
-    """Make ``path`` newer than every output, as an edit would; restore its time afterwards."""
-    before = path.stat()
+def edited(path: Path):
+    """Edit ``path`` (append a line) as a user would; restore its bytes and time afterwards.
+    Snakemake compares small inputs by content, so a bare touch would not count."""
+    before, text = path.stat(), path.read_bytes()
+    path.write_bytes(text + b"\n")
     os.utime(path, (time.time() + 5, time.time() + 5))
     try:
         yield
     finally:
+        path.write_bytes(text)
         os.utime(path, (before.st_atime, before.st_mtime))
 
 
@@ -52,7 +55,7 @@ def test_evaluation_setting_reruns_only_evaluation(tiny_run):
 
 def test_template_change_reruns_the_stages_that_use_it_onward(tiny_run):
     workdir, _ = tiny_run
-    with touched(REPO / "data/templates/meta_judge.txt"):
+    with edited(REPO / "data/templates/meta_judge.txt"):
         result = snakemake(workdir, "-n", "--configfile", str(workdir / "config.yaml"))
     counts = jobs_run(result.stdout + result.stderr)
     # iteration 1 from the meta-judge on; iteration 2 (its model changed) from generation on
@@ -63,7 +66,7 @@ def test_template_change_reruns_the_stages_that_use_it_onward(tiny_run):
 
 def test_package_code_change_reruns_that_stage_onward(tiny_run):
     workdir, _ = tiny_run
-    with touched(REPO / "src/metarewarding/selection.py"):
+    with edited(REPO / "src/metarewarding/selection.py"):
         result = snakemake(workdir, "-n", "--configfile", str(workdir / "config.yaml"))
     counts = jobs_run(result.stdout + result.stderr)
     # selection.py is used by meta_judge and build_pairs: iteration 1 from its meta-judge on
@@ -88,16 +91,16 @@ def digests(workdir: Path) -> dict[str, str]:
 def test_two_fresh_runs_give_identical_artifacts(tiny_run, tmp_path, tiny_model):
     workdir, _ = tiny_run
     write_config(tmp_path / "config.yaml", tiny_config(tiny_model))
-    snakemake(tmp_path, "--configfile", str(tmp_path / "config.yaml"), "--until", "train_dpo")
+    snakemake(tmp_path, "results/iter2/model", "--configfile", str(tmp_path / "config.yaml"))
     assert digests(tmp_path) == digests(workdir)
 
 
 def test_killed_run_resumes_without_redoing_finished_jobs(tiny_run, tmp_path, tiny_model):
     workdir, _ = tiny_run
     write_config(tmp_path / "config.yaml", tiny_config(tiny_model))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "2",
-           "--profile", str(REPO / "profiles/default"), "--configfile", str(tmp_path / "config.yaml"),
-           "--until", "train_dpo"]
+    cmd = [sys.executable, "-m", "snakemake", "results/iter2/model", "-s", str(REPO / "Snakefile"),
+           "-d", str(tmp_path), "--cores", "2", "--profile", str(REPO / "profiles/default"),
+           "--configfile", str(tmp_path / "config.yaml")]
     run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not (tmp_path / "logs/iter1/generate_responses.0.log").exists() and time.time() < deadline:
@@ -107,9 +110,50 @@ def test_killed_run_resumes_without_redoing_finished_jobs(tiny_run, tmp_path, ti
     assert not (tmp_path / "results/iter2/model").exists()
     done_before = {p.name for p in (tmp_path / "results/iter1").glob("*.jsonl")}
     snakemake(tmp_path, "--unlock", "--configfile", str(tmp_path / "config.yaml"))
-    resumed = snakemake(tmp_path, "--configfile", str(tmp_path / "config.yaml"), "--until", "train_dpo")
+    resumed = snakemake(tmp_path, "results/iter2/model", "--configfile", str(tmp_path / "config.yaml"))
     counts = jobs_run(resumed.stdout + resumed.stderr)
     assert "prepare_seed_model" not in counts  # finished before the kill: not redone
     if "prompts.jsonl" in done_before:
         assert counts.get("sample_prompts", 0) <= 1
     assert digests(tmp_path) == digests(workdir)
+
+
+def test_run_manifest_verifies_and_catches_a_changed_output(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from metarewarding.provenance import verify
+
+    workdir, _ = tiny_run
+    manifest = json.loads((workdir / "results/MANIFEST.json").read_text())
+    stage = manifest["stages"]["results/iter1/manifests/build_pairs.json"]
+    assert stage["params"]["settings"]["rho"] == 0.0 and stage["versions"]["trl"]
+    assert len(stage["inputs"]["responses"]["results/iter1/responses.jsonl"]) == 64
+    copy = tmp_path / "run"
+    shutil.copytree(workdir / "results", copy / "results")
+    os.chdir(copy)
+    try:
+        assert verify("results/MANIFEST.json") == []
+        (copy / "results/iter1/pairs/train.jsonl").write_text("{}\n")
+        problems = verify("results/MANIFEST.json")
+        assert len(problems) == 1 and problems[0].startswith("results/iter1/pairs/train.jsonl: sha256")
+    finally:
+        os.chdir(REPO)
+
+
+def test_archive_packs_the_run_without_models(tiny_run, tmp_path):
+    import tarfile
+
+    workdir, _ = tiny_run
+    out = tmp_path / "archive.tar.gz"
+    from metarewarding.archive import pack_run
+
+    os.chdir(workdir)
+    try:
+        count = pack_run({"seed": 7}, "results", ["report.html"], False, str(out))
+    finally:
+        os.chdir(REPO)
+    names = tarfile.open(out).getnames()
+    assert "README.txt" in names and "config.yaml" in names and "results/MANIFEST.json" in names
+    assert "results/iter1/pairs/train.jsonl" in names and "results/metrics.tsv" in names
+    assert not any("/model/" in n for n in names) and count == len(names) - 2

@@ -288,6 +288,8 @@ def test_profile_requests_in_a_dry_run(tmp_path):
     requests = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())["set-resources"]
     model_rules = {"train_eft", "generate_responses", "judge_responses", "meta_judge", "train_dpo"}
     assert model_rules <= {rule for rule, _ in jobs}
+    assert sum(rule == "generate_responses" for rule, _ in jobs) == 8 * 4  # 8 shards x 4 iterations
+    assert sum(rule == "meta_judge" for rule, _ in jobs) == 8 * 2
     local = local_rules()
     unlisted = {rule for rule, _ in jobs if rule not in local and rule not in requests}
     assert not unlisted, f"profiles/slurm has no set-resources entry for the submitted rules {unlisted}"
