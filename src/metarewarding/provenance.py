@@ -32,6 +32,7 @@ from .records import read_json, write_json
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm", "snakemake",
             "jsonlines", "numpy")
 REPO = Path(__file__).resolve().parents[2]
+SNAKEMAKE_MARKER = ".snakemake_timestamp"
 
 
 def file_digest(path: Path) -> str:
@@ -43,13 +44,14 @@ def file_digest(path: Path) -> str:
 
 
 def digest(path: str | Path) -> str | None:
-    """SHA-256 of a file, or of a folder's sorted (relative path, file digest) list."""
+    """SHA-256 of a file, or of a folder's sorted (relative path, file digest) list; the
+    marker Snakemake drops into finished output folders is not part of the content."""
     path = Path(path)
     if path.is_file():
         return file_digest(path)
     if path.is_dir():
         sha = hashlib.sha256()
-        for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        for item in sorted(p for p in path.rglob("*") if p.is_file() and p.name != SNAKEMAKE_MARKER):
             sha.update(f"{item.relative_to(path).as_posix()}\0{file_digest(item)}\n".encode())
         return sha.hexdigest()
     return None
