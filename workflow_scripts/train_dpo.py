@@ -3,7 +3,7 @@
 from metarewarding.provenance import recorded
 
 with recorded(snakemake):
-    from metarewarding.training import train_dpo
+    from metarewarding.training import train_dpo, training_execution
 
     train_dpo(
         pairs_path=snakemake.input.pairs,
@@ -13,4 +13,6 @@ with recorded(snakemake):
         out_dir=snakemake.output.model,
         metrics_path=snakemake.output.metrics,
         threads=snakemake.threads,
+        **training_execution(snakemake.config, snakemake.output.model, "train_dpo",
+                             getattr(snakemake.resources, "gpu", 0)),
     )

@@ -3,7 +3,7 @@
 from metarewarding.provenance import recorded
 
 with recorded(snakemake):
-    from metarewarding.training import train_eft
+    from metarewarding.training import train_eft, training_execution
 
     train_eft(
         demos_path=snakemake.input.demonstrations,
@@ -14,4 +14,6 @@ with recorded(snakemake):
         out_dir=snakemake.output.model,
         metrics_path=snakemake.output.metrics,
         threads=snakemake.threads,
+        **training_execution(snakemake.config, snakemake.output.model, "train_eft",
+                             getattr(snakemake.resources, "gpu", 0)),
     )

@@ -4,12 +4,31 @@ Both trainers start from a model folder (TRL builds the frozen DPO reference fro
 folder), run on CPU or GPU, optionally with LoRA adapters that are merged into the weights
 before saving, and save a plain Hugging Face folder (safetensors, tokenizer, chat template)
 that transformers and vLLM load. Training curves are saved as JSON.
+
+Two execution features never change what is trained:
+
+- **Checkpoints.** With ``checkpoint_dir`` set, the trainer saves a checkpoint every
+  ``checkpoint_steps`` optimiser steps there; a job killed mid-training and started again
+  resumes from the last one (optimiser, scheduler, RNG states and data position included).
+  The folder carries a fingerprint of the inputs and settings: checkpoints of other inputs are
+  discarded, never resumed. It is removed once the model is saved.
+- **Several GPUs.** With a ``distributed`` strategy other than ``none`` the stage re-runs itself
+  under ``accelerate launch`` (configs/accelerate/<strategy>.yaml: DDP, DeepSpeed ZeRO-3 or
+  FSDP2) with one process per GPU; the calling process only waits, then moves the saved model
+  into place. Without a strategy the single-process path is the only one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +39,10 @@ from .records import read_jsonl, write_json
 from .templates import JUDGE_FIELDS, judge_prompt, load_template
 
 log = logging.getLogger(__name__)
+
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
+STRATEGIES = ("none", "ddp", "deepspeed_zero3", "fsdp")
+FINGERPRINT = "metarewarding-fingerprint.json"
 
 
 def lora_config(settings: dict):
@@ -32,8 +55,9 @@ def lora_config(settings: dict):
                       target_modules=settings["target_modules"], task_type="CAUSAL_LM")
 
 
-def common_args(settings: dict, seed: int, output_dir: str) -> dict:
-    """TrainingArguments shared by DPO and SFT; precision follows the model's saved dtype."""
+def common_args(settings: dict, seed: int, output_dir: str, checkpoint_steps: int | None = None,
+                strategy: str = "none") -> dict:
+    """TrainingArguments shared by DPO and SFT; precision follows the hardware."""
     cuda = torch.cuda.is_available()
     return dict(
         output_dir=output_dir,
@@ -46,13 +70,23 @@ def common_args(settings: dict, seed: int, output_dir: str) -> dict:
         data_seed=seed,
         use_cpu=not cuda,
         bf16=cuda and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=cuda,
+        # FSDP checkpoints activations itself (configs/accelerate/fsdp.yaml).
+        gradient_checkpointing=cuda and strategy != "fsdp",
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if checkpoint_steps else "no",
+        save_steps=checkpoint_steps or 500,
+        save_total_limit=1 if checkpoint_steps else None,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out`` (replacing an older one)."""
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
 
 
 def save_model(trainer, tokenizer, out_dir: str) -> None:
@@ -64,9 +98,26 @@ def save_model(trainer, tokenizer, out_dir: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    _replace_dir(tmp, out)
+
+
+def save_model_distributed(trainer, tokenizer, base_model_dir: str, staging: str) -> None:
+    """Save from every process (ZeRO-3 and FSDP gather their shards collectively) into
+    ``staging``; the main process then merges LoRA adapters into the base weights."""
+    trainer.save_model(staging)
+    if trainer.accelerator.is_main_process:
+        staged = Path(staging)
+        if (staged / "adapter_config.json").exists():
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto")
+            merged = PeftModel.from_pretrained(base, staged).merge_and_unload()
+            for f in staged.iterdir():
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+            merged.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+    trainer.accelerator.wait_for_everyone()
 
 
 def curves(log_history: list[dict]) -> dict:
@@ -76,35 +127,82 @@ def curves(log_history: list[dict]) -> dict:
     return {"steps": steps, "summary": summary}
 
 
-def train_dpo(
-    pairs_path: str, model_dir: str, settings: dict, seed: int, out_dir: str, metrics_path: str,
-    threads: int | None = None,
-) -> dict:
-    """DPO of the model in ``model_dir`` on the pairs, the same model as frozen reference."""
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
+# --- checkpoints ------------------------------------------------------------------------------
 
-    if threads:
-        torch.set_num_threads(threads)
-    start = time.perf_counter()
-    records = read_jsonl(pairs_path, required=("prompt", "chosen", "rejected"))
-    dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records])
+def _file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def training_fingerprint(kind: str, data_paths: list[str], model_dir: str, settings: dict, seed: int) -> dict:
+    """What a checkpoint must have been trained from to be resumed: data, start model, settings."""
+    model = Path(model_dir)
+    weights = sorted(model.glob("*.safetensors")) + sorted(model.glob("config.json"))
+    return {
+        "stage": kind,
+        "data": {str(p): _file_digest(p) for p in data_paths},
+        "model": {f.name: _file_digest(f) for f in weights},
+        "settings": settings,
+        "seed": seed,
+    }
+
+
+def prepare_checkpoints(checkpoint_dir: str | None, fingerprint: dict) -> str | None:
+    """Make ``checkpoint_dir`` ready and return the checkpoint to resume from, if any.
+
+    A folder written for other inputs or settings (its fingerprint differs) is emptied first,
+    with a log line, so a stale checkpoint is never resumed."""
+    if not checkpoint_dir:
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = Path(checkpoint_dir)
+    stamp = folder / FINGERPRINT
+    if folder.exists():
+        try:
+            old = json.loads(stamp.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if old != fingerprint:
+            log.warning("%s: checkpoints were made from other inputs or settings; discarding them", folder)
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not stamp.exists():
+        write_json(stamp, fingerprint)
+    last = get_last_checkpoint(str(folder))
+    if last:
+        log.info("resuming from checkpoint %s", last)
+    return last
+
+
+# --- the two trainers -------------------------------------------------------------------------
+
+def _tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    with tempfile.TemporaryDirectory(prefix="dpo-") as scratch:
-        args = DPOConfig(beta=settings["beta"], warmup_steps=settings["warmup_ratio"],
-                         **common_args(settings, seed, scratch))
-        trainer = DPOTrainer(model=str(model_dir), args=args, train_dataset=dataset,
-                             processing_class=tokenizer, peft_config=lora_config(settings["lora"]))
-        trainer.train()
-    save_model(trainer, tokenizer, out_dir)
-    metrics = {"stage": "train_dpo", "pairs": len(records), "settings": settings, "seed": seed,
-               **curves(trainer.state.log_history), "seconds": round(time.perf_counter() - start, 3)}
-    write_json(metrics_path, metrics)
-    log.info("DPO on %d pairs done in %.1f s", len(records), metrics["seconds"])
-    return metrics
+    return tokenizer
+
+
+def dpo_trainer(pairs_path: str, model_dir: str, settings: dict, seed: int, output_dir: str,
+                checkpoint_steps: int | None = None, strategy: str = "none"):
+    """TRL's DPOTrainer on the pairs, reference = the starting model; returns (trainer, pairs)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    records = read_jsonl(pairs_path, required=("prompt", "chosen", "rejected"))
+    dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records])
+    tokenizer = _tokenizer(model_dir)
+    args = DPOConfig(beta=settings["beta"], warmup_steps=settings["warmup_ratio"],
+                     **common_args(settings, seed, output_dir, checkpoint_steps, strategy))
+    trainer = DPOTrainer(model=str(model_dir), args=args, train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=lora_config(settings["lora"]))
+    return trainer, tokenizer, {"pairs": len(records)}
 
 
 def demonstration_dataset(demos_path: str, template_path: str):
@@ -118,28 +216,167 @@ def demonstration_dataset(demos_path: str, template_path: str):
     return Dataset.from_list(rows)
 
 
-def train_eft(
-    demos_path: str, template_path: str, model_dir: str, settings: dict, seed: int, out_dir: str,
-    metrics_path: str, threads: int | None = None,
-) -> dict:
-    """Stage 0: supervised fine-tuning of the seed on judge demonstrations (loss on judgments only)."""
-    from transformers import AutoTokenizer
+def eft_trainer(demos_path: str, template_path: str, model_dir: str, settings: dict, seed: int,
+                output_dir: str, checkpoint_steps: int | None = None, strategy: str = "none"):
+    """TRL's SFTTrainer on judge demonstrations, loss on the judgments only."""
     from trl import SFTConfig, SFTTrainer
 
-    if threads:
-        torch.set_num_threads(threads)
-    start = time.perf_counter()
     dataset = demonstration_dataset(demos_path, template_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    with tempfile.TemporaryDirectory(prefix="eft-") as scratch:
-        args = SFTConfig(completion_only_loss=True, **common_args(settings, seed, scratch))
-        trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=dataset,
-                             processing_class=tokenizer, peft_config=lora_config(settings["lora"]))
-        trainer.train()
-    save_model(trainer, tokenizer, out_dir)
-    metrics = {"stage": "train_eft", "demonstrations": len(dataset), "settings": settings, "seed": seed,
-               **curves(trainer.state.log_history), "seconds": round(time.perf_counter() - start, 3)}
+    tokenizer = _tokenizer(model_dir)
+    args = SFTConfig(completion_only_loss=True,
+                     **common_args(settings, seed, output_dir, checkpoint_steps, strategy))
+    trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=lora_config(settings["lora"]))
+    return trainer, tokenizer, {"demonstrations": len(dataset)}
+
+
+def _build(kind: str, job: dict, output_dir: str, checkpoint_steps, strategy: str):
+    if kind == "train_dpo":
+        return dpo_trainer(job["pairs_path"], job["model_dir"], job["settings"], job["seed"], output_dir,
+                           checkpoint_steps, strategy)
+    return eft_trainer(job["demos_path"], job["template_path"], job["model_dir"], job["settings"],
+                       job["seed"], output_dir, checkpoint_steps, strategy)
+
+
+def _data_paths(kind: str, job: dict) -> list[str]:
+    if kind == "train_dpo":
+        return [job["pairs_path"]]
+    return [job["demos_path"], job["template_path"]]
+
+
+def run_training(kind: str, job: dict, out_dir: str, metrics_path: str, threads: int | None = None,
+                 checkpoint_dir: str | None = None, checkpoint_steps: int | None = None,
+                 distributed: dict | None = None, gpus: int = 0) -> dict:
+    """Train (``kind`` is "train_dpo" or "train_eft"), save the model to ``out_dir`` and the
+    curves to ``metrics_path``; see the module docstring for checkpoints and several GPUs."""
+    distributed = {"strategy": "none", "processes": None, "accelerate_config": None, **(distributed or {})}
+    if distributed["strategy"] not in STRATEGIES:
+        raise ValueError(f"distributed.strategy: expected one of {STRATEGIES}, got {distributed['strategy']!r}")
+    start = time.perf_counter()
+    fingerprint = training_fingerprint(kind, _data_paths(kind, job), job["model_dir"], job["settings"], job["seed"])
+    resume = prepare_checkpoints(checkpoint_dir, fingerprint)
+    if distributed["strategy"] != "none":
+        processes = distributed["processes"] or max(int(gpus or 0), 1)
+        counts = launch_distributed(kind, job, out_dir, distributed, processes, threads, checkpoint_dir,
+                                    checkpoint_steps, resume)
+    else:
+        if gpus and int(gpus) > 1:
+            log.warning("the job has %s GPUs but training.distributed.strategy is 'none': training on one", gpus)
+        if threads:
+            torch.set_num_threads(threads)
+        with contextlib.ExitStack() as stack:
+            output_dir = checkpoint_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{kind}-"))
+            trainer, tokenizer, sizes = _build(kind, job, output_dir, checkpoint_steps if checkpoint_dir else None,
+                                               "none")
+            trainer.train(resume_from_checkpoint=resume)
+            save_model(trainer, tokenizer, out_dir)
+        counts = {**sizes, "processes": 1, **curves(trainer.state.log_history)}
+    if checkpoint_dir:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    metrics = {"stage": kind, **{k: v for k, v in counts.items() if k not in ("steps", "summary")},
+               "settings": job["settings"], "seed": job["seed"], "distributed": distributed,
+               "resumed_from": Path(resume).name if resume else None,
+               "steps": counts.get("steps", []), "summary": counts.get("summary", {}),
+               "seconds": round(time.perf_counter() - start, 3)}
     write_json(metrics_path, metrics)
+    log.info("%s done in %.1f s (%d process(es))", kind, metrics["seconds"], counts.get("processes", 1))
     return metrics
+
+
+def train_dpo(pairs_path: str, model_dir: str, settings: dict, seed: int, out_dir: str, metrics_path: str,
+              threads: int | None = None, **execution) -> dict:
+    """DPO of the model in ``model_dir`` on the pairs, the same model as frozen reference."""
+    job = {"pairs_path": pairs_path, "model_dir": model_dir, "settings": settings, "seed": seed}
+    return run_training("train_dpo", job, out_dir, metrics_path, threads, **execution)
+
+
+def train_eft(demos_path: str, template_path: str, model_dir: str, settings: dict, seed: int, out_dir: str,
+              metrics_path: str, threads: int | None = None, **execution) -> dict:
+    """Stage 0: supervised fine-tuning of the seed on judge demonstrations (loss on judgments only)."""
+    job = {"demos_path": demos_path, "template_path": template_path, "model_dir": model_dir,
+           "settings": settings, "seed": seed}
+    return run_training("train_eft", job, out_dir, metrics_path, threads, **execution)
+
+
+def training_execution(config: dict, out_dir: str, stage: str, gpus) -> dict:
+    """The execution keywords of ``run_training`` from the experiment config's ``training``
+    block (read by the workflow scripts from the config, so they are not rerun triggers):
+    checkpoints next to the model folder, the distributed strategy, the job's GPU count."""
+    from .config import validate_config
+
+    training = validate_config({k: v for k, v in config.items() if k != "resolved_iterations"})["training"]
+    steps = training["checkpoint_steps"]
+    return {
+        "checkpoint_dir": str(Path(out_dir).parent / "checkpoints" / stage) if steps else None,
+        "checkpoint_steps": steps,
+        "distributed": training["distributed"],
+        "gpus": int(gpus or 0),
+    }
+
+
+# --- several processes ------------------------------------------------------------------------
+
+def accelerate_command(config_file: str, processes: int, port: int, spec_path: str) -> list[str]:
+    """The ``accelerate launch`` command line that runs this module's worker in ``processes``."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+            "--num_processes", str(processes), "--main_process_port", str(port),
+            "--module", "metarewarding.training", spec_path]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_distributed(kind: str, job: dict, out_dir: str, distributed: dict, processes: int,
+                       threads: int | None, checkpoint_dir: str | None, checkpoint_steps: int | None,
+                       resume: str | None) -> dict:
+    """Run the training worker under ``accelerate launch`` and move its model to ``out_dir``."""
+    strategy = distributed["strategy"]
+    config_file = Path(distributed["accelerate_config"] or ACCELERATE_CONFIGS / f"{strategy}.yaml")
+    if not config_file.is_file():
+        raise FileNotFoundError(f"distributed.accelerate_config: {config_file} does not exist")
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    with tempfile.TemporaryDirectory(prefix=f"{kind}-launch-") as scratch:
+        spec = {"kind": kind, "job": job, "staging": str(staging), "result": f"{scratch}/result.json",
+                "output_dir": checkpoint_dir or f"{scratch}/trainer", "strategy": strategy,
+                "checkpoint_steps": checkpoint_steps if checkpoint_dir else None, "resume": resume}
+        spec_path = f"{scratch}/spec.json"
+        write_json(spec_path, spec)
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        env["OMP_NUM_THREADS"] = str(max((threads or processes) // processes, 1))
+        command = accelerate_command(str(config_file), processes, _free_port(), spec_path)
+        log.info("launching %d %s process(es): %s", processes, strategy, " ".join(command))
+        try:
+            done = subprocess.run(command, env=env)
+            if done.returncode != 0:
+                raise RuntimeError(f"{kind}: accelerate launch ({strategy}, {processes} processes) exited with "
+                                   f"status {done.returncode}; see the log above")
+            result = json.loads(Path(spec["result"]).read_text(encoding="utf-8"))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    _replace_dir(staging, out)
+    return result
+
+
+def worker(spec_path: str) -> None:
+    """One process of a distributed run (started by ``accelerate launch``)."""
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    kind, job = spec["kind"], spec["job"]
+    trainer, tokenizer, sizes = _build(kind, job, spec["output_dir"], spec["checkpoint_steps"], spec["strategy"])
+    trainer.train(resume_from_checkpoint=spec["resume"])
+    save_model_distributed(trainer, tokenizer, job["model_dir"], spec["staging"])
+    if trainer.accelerator.is_main_process:
+        write_json(spec["result"], {**sizes, "processes": trainer.accelerator.num_processes,
+                                    **curves(trainer.state.log_history)})
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    worker(sys.argv[1])

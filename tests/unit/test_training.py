@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -46,3 +47,115 @@ def test_eft_trains_on_judge_demonstrations(tmp_path, tiny_model):
     assert metrics["demonstrations"] == 4 and metrics["steps"]
     before, after = load_file(tiny_model / "model.safetensors"), load_file(tmp_path / "out/model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+FULL = {**DPO, "lora": {**DPO["lora"], "enabled": False}, "learning_rate": 1e-4}
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_after(step: int):
+    """A trainer callback that raises once the trainer has finished ``step`` optimiser steps:
+    a job dying mid-training, after the checkpoint of step ``step - 1`` was written."""
+    from transformers import TrainerCallback
+
+    class _Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                raise Crash(f"killed at step {state.global_step}")
+
+    return _Crash()
+
+
+def test_killed_dpo_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(tmp_path, tiny_model, monkeypatch):
+    import metarewarding.training as training
+
+    write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(8)])  # 4 steps of 2 pairs
+    args = (str(tmp_path / "pairs.jsonl"), str(tiny_model), FULL, 0)
+    whole = train_dpo(*args, str(tmp_path / "whole"), str(tmp_path / "whole.json"))
+
+    ckpt = tmp_path / "checkpoints"
+    build = training.dpo_trainer
+
+    def crashing(*a, **k):
+        trainer, tokenizer, sizes = build(*a, **k)
+        trainer.add_callback(crash_after(3))
+        return trainer, tokenizer, sizes
+
+    monkeypatch.setattr(training, "dpo_trainer", crashing)
+    with pytest.raises(Crash):
+        train_dpo(*args, str(tmp_path / "out"), str(tmp_path / "out.json"), checkpoint_dir=str(ckpt),
+                  checkpoint_steps=1)
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in ckpt.glob("checkpoint-*")) == ["checkpoint-2"]  # save_total_limit=1
+    monkeypatch.setattr(training, "dpo_trainer", build)
+
+    resumed = train_dpo(*args, str(tmp_path / "out"), str(tmp_path / "out.json"), checkpoint_dir=str(ckpt),
+                        checkpoint_steps=1)
+    assert resumed["resumed_from"] == "checkpoint-2" and not ckpt.exists()
+    assert [s["step"] for s in resumed["steps"]] == [1, 2, 3, 4]
+    for a, b in zip(whole["steps"], resumed["steps"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    w, r = load_file(tmp_path / "whole/model.safetensors"), load_file(tmp_path / "out/model.safetensors")
+    # The resumed run restores optimiser, scheduler and RNG states and skips the batches already
+    # seen; on CPU in float32 the weights come out bit for bit the same.
+    assert all(torch.equal(w[k], r[k]) for k in w)
+
+
+def test_checkpoints_of_other_inputs_are_discarded_not_resumed(tmp_path, tiny_model, caplog):
+    from metarewarding.training import prepare_checkpoints, training_fingerprint
+
+    write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(2)])
+    ckpt = tmp_path / "ckpt"
+    first = training_fingerprint("train_dpo", [str(tmp_path / "pairs.jsonl")], str(tiny_model), FULL, 0)
+    assert prepare_checkpoints(str(ckpt), first) is None
+    (ckpt / "checkpoint-7").mkdir()
+    (ckpt / "checkpoint-7" / "trainer_state.json").write_text("{}")
+    assert prepare_checkpoints(str(ckpt), first).endswith("checkpoint-7")
+    write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(3)])  # the pairs changed
+    second = training_fingerprint("train_dpo", [str(tmp_path / "pairs.jsonl")], str(tiny_model), FULL, 0)
+    assert prepare_checkpoints(str(ckpt), second) is None
+    assert not (ckpt / "checkpoint-7").exists() and "other inputs" in caplog.text
+
+
+def test_ddp_runs_two_processes_through_accelerate_launch(tmp_path, tiny_model):
+    """The multi-GPU path on CPU: configs/accelerate/ddp.yaml under `accelerate launch` with two
+    processes (torch.distributed with gloo when there is no CUDA); LoRA adapters are merged by
+    the main process and the calling process moves the model into place."""
+    write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(8)])
+    metrics = train_dpo(str(tmp_path / "pairs.jsonl"), str(tiny_model), DPO, 0, str(tmp_path / "out"),
+                        str(tmp_path / "metrics.json"), threads=2,
+                        distributed={"strategy": "ddp", "processes": None, "accelerate_config": None}, gpus=2)
+    assert metrics["processes"] == 2 and metrics["distributed"]["strategy"] == "ddp"
+    # 8 pairs, 2 per process and step, 2 processes: 2 optimiser steps.
+    assert [s["step"] for s in metrics["steps"]] == [1, 2]
+    out = tmp_path / "out"
+    assert not (out / "adapter_config.json").exists()
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)
+    assert not list(tmp_path.glob(".out.*")), "no staging folder left behind"
+
+
+def test_a_failing_distributed_run_leaves_no_model(tmp_path, tiny_model):
+    write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(4)])
+    broken = tmp_path / "broken"  # a model folder without weights or tokenizer: the workers fail
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_model / "config.json").read_text())
+    with pytest.raises(RuntimeError, match="accelerate launch"):
+        train_dpo(str(tmp_path / "pairs.jsonl"), str(broken), DPO, 0, str(tmp_path / "out"),
+                  str(tmp_path / "metrics.json"),
+                  distributed={"strategy": "ddp", "processes": 2, "accelerate_config": None})
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_accelerate_configs_load_and_name_their_strategy(repo):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"ddp": "MULTI_GPU", "deepspeed_zero3": "DEEPSPEED", "fsdp": "FSDP"}
+    for strategy, kind in expected.items():
+        config = load_config_from_file(str(repo / "configs/accelerate" / f"{strategy}.yaml"))
+        assert config.distributed_type.value == kind
+    assert load_config_from_file(str(repo / "configs/accelerate/deepspeed_zero3.yaml")).deepspeed_config["zero_stage"] == 3
+    assert load_config_from_file(str(repo / "configs/accelerate/fsdp.yaml")).fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -126,14 +127,23 @@ def submitted_jobs(output: str) -> tuple[Counter, Counter]:
     return remote, local
 
 
-def gpu_profile_resources() -> list[str]:
-    """profiles/slurm's set-resources as --set-resources arguments: its GPU requests as they are,
-    CPUs and memory cut down to the 2-core, 24 GB test node (larger requests never start there)."""
+def fitted_requests(gpus: int) -> dict[str, dict]:
+    """profiles/slurm's set-resources cut down to the 2-core, 24 GB test node with ``gpus`` fake
+    GPUs (larger requests never start there): the 8-GPU training requests become ``gpus``."""
     profile = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
-    args = []
+    fitted = {}
     for rule, resources in profile["set-resources"].items():
-        fitted = {**resources, "cpus_per_task": min(resources["cpus_per_task"], 2),
-                  "mem_mb": min(resources["mem_mb"], 4000)}
+        fitted[rule] = {**resources, "cpus_per_task": min(resources["cpus_per_task"], 2),
+                        "mem_mb": min(resources["mem_mb"], 4000)}
+        if "gpu" in resources:
+            fitted[rule]["gpu"] = min(resources["gpu"], gpus)
+    return fitted
+
+
+def gpu_profile_resources(gpus: int) -> list[str]:
+    """The fitted requests as --set-resources arguments."""
+    args = []
+    for rule, fitted in fitted_requests(gpus).items():
         args += [f"{rule}:{key}={value}" for key, value in fitted.items()]
     return args
 
@@ -231,19 +241,21 @@ def test_gpu_requests_reach_sbatch_on_fake_gpus(tmp_path_factory, tiny_model):
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+    # Training on every GPU of its job: DDP with one process per (fake) GPU, on CPU with gloo.
     config = tiny_config(tiny_model, iterations=[{}], eft={
         "enabled": True, "demonstrations": str(REPO / "data/eft/judge_demonstrations.jsonl"),
-        "max_length": 1536, "epochs": 0.1})  # the judge prompts: 700-1,200 tokens
+        "max_length": 1536, "epochs": 0.1},  # the judge prompts: 700-1,200 tokens
+        training={"distributed": {"strategy": "ddp"}})
     workdir = experiment_dir(tmp_path_factory, "slurm-gpu-run", config)
     targets = ["results/iter1/model", "results/iter1/pairs/train.jsonl", "results/iter1/stats/train_dpo.json"]
-    output = snakemake_on_slurm(workdir, *FAST_POLLING, *targets, "--set-resources", *gpu_profile_resources(),
+    output = snakemake_on_slurm(workdir, *FAST_POLLING, *targets, "--set-resources", *gpu_profile_resources(node_gpus()),
                                 "--configfile", str(workdir / "config.yaml"))
 
     remote, _ = submitted_jobs(output)
     records = sacct_records(run_id(output))
     assert Counter(rule_of(r["Comment"], remote) for r in records) == remote
     assert {r["State"] for r in records} == {"COMPLETED"}
-    requests = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())["set-resources"]
+    requests = fitted_requests(node_gpus())
     loop_gpu_rules = {"train_eft", "generate_responses", "judge_responses", "meta_judge", "train_dpo"}
     assert {rule for rule in loop_gpu_rules if requests[rule].get("gpu")} == loop_gpu_rules
     assert loop_gpu_rules <= set(remote), "every GPU rule of the loop ran a job"
@@ -252,6 +264,10 @@ def test_gpu_requests_reach_sbatch_on_fake_gpus(tmp_path_factory, tiny_model):
         gpus = re.search(r"gres/gpu=(\d+)", record["AllocTRES"])
         assert (int(gpus.group(1)) if gpus else 0) == requests[rule].get("gpu", 0), record
         assert minutes(record["Timelimit"]) == requests[rule]["runtime"], record
+    # The training jobs ran one process per GPU of their allocation.
+    for stage, iteration in (("train_eft", 0), ("train_dpo", 1)):
+        metrics = json.loads((workdir / f"results/iter{iteration}/stats/{stage}.json").read_text())
+        assert metrics["processes"] == requests[stage]["gpu"] == min(8, node_gpus()), metrics
 
 
 def job_resources(output: str) -> list[tuple[str, dict]]:
@@ -299,5 +315,5 @@ def test_profile_requests_in_a_dry_run(tmp_path):
             assert resources.get("gpu") == (str(wanted["gpu"]) if "gpu" in wanted else None), (rule, resources)
             assert resources["cpus_per_task"] == str(wanted["cpus_per_task"]), (rule, resources)
             assert resources["mem_mb"] == str(wanted["mem_mb"]) and resources["runtime"] == str(wanted["runtime"])
-        if rule in model_rules:
-            assert resources["gpu"] == "1", (rule, resources)
+        if rule in model_rules:  # inference on one GPU per shard, training on a whole 8-GPU node
+            assert resources["gpu"] == ("8" if rule.startswith("train_") else "1"), (rule, resources)
