@@ -11,7 +11,8 @@ results/iter{t}/model. Output-path grammar (the only paths the workflow writes):
     results/iter{t}/meta_judgments.jsonl    ordered judgment comparisons (meta-judge)
     results/iter{t}/pairs/{actor,judge,train}.jsonl
     results/iter{t}/model/                  the model trained in iteration t
-    results/iter{t}/shards/                 per-shard outputs of the model stages
+    results/iter{t}/shards/                 per-shard outputs of the model stages; *.partial
+                                            beside one: its finished chunks while it runs
     results/iter{t}/stats/{rule}.json       what each stage did: counts, drop reasons, seconds
     results/iter{t}/manifests/{job}.json    hashes of a job's inputs/outputs, params, versions
     results/iter{t}/eval/                   evaluation of model t (iteration 0 = the seed)

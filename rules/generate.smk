@@ -2,7 +2,9 @@
 
 The actor samples K responses per prompt (config: generation.*), recording token counts and
 whether each response hit the token budget. The prompts are split into shards.generation
-blocks, each its own job; gather_responses concatenates them in order.
+blocks, each its own job; gather_responses concatenates them in order. A job checkpoints
+finished chunks in responses.{shard}.jsonl.partial (inference.checkpoint_every; not a declared
+output) and, killed, resumes after the last one.
 """
 
 
@@ -13,6 +15,7 @@ rule generate_responses:
         code=package_code(
             "generation",
             "shards",
+            "checkpoint",
             *backend_code(),
         ),
     output:

@@ -3,6 +3,7 @@
 The judge grades each response N times with the judge template (config: judge.*); scores that
 do not parse are kept, counted and left out of the reward. Sharded by prompt
 (shards.judging); gather_judgments concatenates the shards and recomputes the parse rates.
+Jobs checkpoint in judgments.{shard}.jsonl.partial and resume from it (see generate.smk).
 """
 
 
@@ -15,6 +16,7 @@ rule judge_responses:
             "judging",
             "scoring",
             "shards",
+            "checkpoint",
             "templates",
             *backend_code(),
         ),

@@ -2,7 +2,8 @@
 
 Only in iterations with meta_judge.enabled. Per prompt the response with the most varied
 judgment scores is selected and every ordered pair of its judgments is compared. Sharded by
-prompt (shards.meta_judging); gather_meta_judgments concatenates the shards.
+prompt (shards.meta_judging); gather_meta_judgments concatenates the shards. Jobs
+checkpoint in meta_judgments.{shard}.jsonl.partial and resume from it (see generate.smk).
 """
 
 
@@ -17,6 +18,7 @@ rule meta_judge:
             "selection",
             "scoring",
             "shards",
+            "checkpoint",
             "templates",
             *backend_code(),
         ),

@@ -3,6 +3,7 @@
 from metarewarding.provenance import recorded
 
 with recorded(snakemake):
+    from metarewarding.checkpoint import checkpoint_every
     from metarewarding.generation import generate_responses
 
     generate_responses(
@@ -16,4 +17,5 @@ with recorded(snakemake):
         threads=snakemake.threads,
         shard=int(snakemake.wildcards.shard),
         shards=snakemake.params.shards,
+        checkpoint_every=checkpoint_every(snakemake.config),
     )

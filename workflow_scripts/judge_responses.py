@@ -3,6 +3,7 @@
 from metarewarding.provenance import recorded
 
 with recorded(snakemake):
+    from metarewarding.checkpoint import checkpoint_every
     from metarewarding.judging import judge_responses
 
     judge_responses(
@@ -17,4 +18,5 @@ with recorded(snakemake):
         threads=snakemake.threads,
         shard=int(snakemake.wildcards.shard),
         shards=snakemake.params.shards,
+        checkpoint_every=checkpoint_every(snakemake.config),
     )

@@ -3,6 +3,7 @@
 from metarewarding.provenance import recorded
 
 with recorded(snakemake):
+    from metarewarding.checkpoint import checkpoint_every
     from metarewarding.meta_judging import meta_judge
 
     meta_judge(
@@ -18,4 +19,5 @@ with recorded(snakemake):
         threads=snakemake.threads,
         shard=int(snakemake.wildcards.shard),
         shards=snakemake.params.shards,
+        checkpoint_every=checkpoint_every(snakemake.config),
     )

@@ -31,8 +31,10 @@ and compare: python -m metarewarding.provenance verify results/MANIFEST.json
 
 def archive_members(results: Path, include_models: bool) -> list[Path]:
     """Every file under ``results`` worth keeping: records, stats, manifests, eval, plots;
-    model weights only when asked (they are large and can be retrained)."""
-    files = sorted(p for p in results.rglob("*") if p.is_file() and not p.name.startswith("."))
+    model weights only when asked (they are large and can be retrained). Hidden files and the
+    ``.partial`` checkpoints of unfinished model stages are not results."""
+    files = sorted(p for p in results.rglob("*")
+                   if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".partial"))
     if include_models:
         return files
     return [p for p in files if p.relative_to(results).parts[1:2] != ("model",)]

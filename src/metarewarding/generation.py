@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Sequence
 
 from .backends import Backend, Sampling, load_backend, user_prompt
+from .checkpoint import StageCheckpoint, backend_batches, stage_fingerprint
 from .records import read_jsonl, write_json, write_jsonl
 from .shards import gather, select_shard
 
 log = logging.getLogger(__name__)
 
 
-def response_records(prompts: list[dict], backend: Backend, settings: dict, seed: int) -> list[dict]:
-    """K sampled responses per prompt, with token counts and whether they were truncated."""
+def response_records(
+    prompts: list[dict], backend: Backend, settings: dict, seed: int, indices: Sequence[int] | None = None
+) -> list[dict]:
+    """K sampled responses per prompt, with token counts and whether they were truncated;
+    ``indices``: the prompts' positions in the stage, which seed their samples."""
     sampling = Sampling(settings["max_new_tokens"], settings["temperature"], settings["top_p"])
     chat = [user_prompt(p["prompt"]) for p in prompts]
-    outputs = backend.generate(chat, n=settings["samples"], sampling=sampling, seed=seed)
+    outputs = backend.generate(chat, n=settings["samples"], sampling=sampling, seed=seed, indices=indices)
     records = []
     for prompt, completions in zip(prompts, outputs):
         for k, c in enumerate(completions):
@@ -55,14 +60,26 @@ def generate_responses(
     threads: int | None = None,
     shard: int = 0,
     shards: int = 1,
+    checkpoint_every: int | None = None,
 ) -> dict:
-    """Sample responses for shard ``shard`` of ``shards`` of the prompts."""
+    """Sample responses for shard ``shard`` of ``shards`` of the prompts, checkpointing every
+    ``checkpoint_every`` prompts (or more: whole batches) beside ``out_path``."""
     start = time.perf_counter()
     prompts = read_jsonl(prompts_path, required=("prompt_id", "prompt"), id_field="prompt_id")
     prompts = select_shard(prompts, shard, shards)
     backend = load_backend(backend_settings, model_dir, threads=threads)
     loaded = time.perf_counter()
-    records = response_records(prompts, backend, settings, seed)
+    chat = [user_prompt(p["prompt"]) for p in prompts]
+    n = settings["samples"]
+    key = stage_fingerprint("generate_responses", model_dir, backend, inputs=prompts, prompts=chat,
+                            settings=settings, seed=seed)
+    checkpoint = StageCheckpoint(out_path, key, checkpoint_every, unit="prompts")
+    records = checkpoint.run(
+        backend_batches(backend, chat, n),
+        lambda positions: response_records([prompts[i] for i in positions], backend, settings, seed,
+                                           indices=positions),
+        per_item=n,
+    )
     write_jsonl(out_path, records)
     summary = generation_summary(records)
     tokens = summary["completion_tokens"]
@@ -74,11 +91,13 @@ def generate_responses(
         "seed": seed,
         "settings": settings,
         "backend": backend.describe(),
+        "resumed_from_checkpoint": checkpoint.resumed,
         "load_seconds": round(loaded - start, 3),
         "seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
     }
     write_json(stats_path, stats)
+    checkpoint.remove()
     log.info("%d responses, %d truncated, %.1f tokens/s", len(records), summary["truncated"],
              stats["tokens_per_second"] or 0)
     return stats

@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Sequence
 
 from .backends import Backend, ChatPrompt, Completion, Sampling, generate_forced, load_backend
+from .checkpoint import StageCheckpoint, backend_batches, stage_fingerprint
 from .records import read_jsonl, write_json, write_jsonl
 from .scoring import parse_score
 from .shards import gather, select_shard
@@ -47,33 +48,44 @@ def sample_option(logprobs: dict[str, float], temperature: float, rng: random.Ra
     return rng.choices(options, weights=weights)[0]
 
 
+def option_rng(seed: int, index: int, sample: int) -> random.Random:
+    """The random stream of one forced option: prompt ``index`` of the stage, sample
+    ``sample``; independent of the call, chunk or batch the prompt is in."""
+    return random.Random(f"{seed}/{index}/{sample}")
+
+
 def sample_lines(
     backend: Backend, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
-    forced: tuple[str, Sequence[str]] | None,
+    forced: tuple[str, Sequence[str]] | None, indices: Sequence[int] | None = None,
 ) -> list[list[tuple[Completion, str, dict | None]]]:
     """n generations per prompt as ``(completion, final text, option log-probabilities)``.
 
     With ``forced = (label, options)`` every text is the generated body, then ``label``, then
     an option sampled from the model's next-token distribution over ``options`` at the
-    sampling temperature (seeded); otherwise the text is the generation itself."""
+    sampling temperature (seeded per prompt and sample); otherwise the text is the generation
+    itself. ``indices[i]`` is prompt i's index in the stage (default: its position here); it
+    seeds the prompt's samples and options, so a stage run chunk by chunk draws the same."""
+    keys = list(range(len(prompts))) if indices is None else list(indices)
     if forced is None:
-        return [[(c, c.text, None) for c in cs] for cs in backend.generate(prompts, n, sampling, seed)]
+        return [[(c, c.text, None) for c in cs] for cs in backend.generate(prompts, n, sampling, seed, indices=keys)]
     label, options = forced
-    rng = random.Random(seed)
-    rows = generate_forced(backend, prompts, n, sampling, seed, label, options)
-    return [[(c, c.text.rstrip() + label + sample_option(lp, sampling.temperature, rng),
-              {o.strip(): round(v, 4) for o, v in lp.items()}) for c, lp in row] for row in rows]
+    rows = generate_forced(backend, prompts, n, sampling, seed, label, options, indices=keys)
+    return [[(c, c.text.rstrip() + label + sample_option(lp, sampling.temperature, option_rng(seed, key, k)),
+              {o.strip(): round(v, 4) for o, v in lp.items()}) for k, (c, lp) in enumerate(row)]
+            for key, row in zip(keys, rows)]
 
 
 def judgment_records(
-    responses: list[dict], backend: Backend, template: str, settings: dict, seed: int
+    responses: list[dict], backend: Backend, template: str, settings: dict, seed: int,
+    indices: Sequence[int] | None = None,
 ) -> list[dict]:
-    """N judgments per response, each with its parsed score or the reason it failed to parse."""
+    """N judgments per response, each with its parsed score or the reason it failed to parse;
+    ``indices``: the responses' positions in the stage (seeds; see ``sample_lines``)."""
     low, high = settings["score_min"], settings["score_max"]
     prompts = [judge_prompt(template, r["prompt"], r["response"]) for r in responses]
     sampling = Sampling(settings["max_new_tokens"], settings["temperature"], settings["top_p"])
     forced = (SCORE_LABEL, score_options(low, high)) if settings["score_mode"] == "forced" else None
-    rows = sample_lines(backend, prompts, settings["judgments"], sampling, seed, forced)
+    rows = sample_lines(backend, prompts, settings["judgments"], sampling, seed, forced, indices)
     records = []
     for response, row in zip(responses, rows):
         for k, (c, text, logprobs) in enumerate(row):
@@ -125,8 +137,10 @@ def judge_responses(
     threads: int | None = None,
     shard: int = 0,
     shards: int = 1,
+    checkpoint_every: int | None = None,
 ) -> dict:
-    """Judge the responses of shard ``shard`` of ``shards`` of the prompts."""
+    """Judge the responses of shard ``shard`` of ``shards`` of the prompts, checkpointing every
+    ``checkpoint_every`` responses (or more: whole batches) beside ``out_path``."""
     start = time.perf_counter()
     template = load_template(template_path, JUDGE_FIELDS)
     responses = read_jsonl(
@@ -135,7 +149,17 @@ def judge_responses(
     responses = select_shard(responses, shard, shards)
     backend = load_backend(backend_settings, model_dir, threads=threads)
     loaded = time.perf_counter()
-    records = judgment_records(responses, backend, template, settings, seed)
+    prompts = [judge_prompt(template, r["prompt"], r["response"]) for r in responses]
+    n = settings["judgments"]
+    key = stage_fingerprint("judge_responses", model_dir, backend, inputs=responses, prompts=prompts,
+                            settings=settings, seed=seed)
+    checkpoint = StageCheckpoint(out_path, key, checkpoint_every, unit="responses")
+    records = checkpoint.run(
+        backend_batches(backend, prompts, n),
+        lambda positions: judgment_records([responses[i] for i in positions], backend, template, settings, seed,
+                                           indices=positions),
+        per_item=n,
+    )
     write_jsonl(out_path, records)
     stats = {
         "stage": "judge_responses",
@@ -145,10 +169,12 @@ def judge_responses(
         "seed": seed,
         "settings": settings,
         "backend": backend.describe(),
+        "resumed_from_checkpoint": checkpoint.resumed,
         "load_seconds": round(loaded - start, 3),
         "seconds": round(time.perf_counter() - loaded, 3),
     }
     write_json(stats_path, stats)
+    checkpoint.remove()
     log.info("%d judgments, parse rate %s, mean score %s", stats["judgments"], stats["parse_rate"], stats["score_mean"])
     return stats
 

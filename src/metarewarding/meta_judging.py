@@ -13,8 +13,10 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
+from typing import Sequence
 
 from .backends import Backend, Sampling, load_backend
+from .checkpoint import StageCheckpoint, backend_batches, stage_fingerprint
 from .judging import sample_lines
 from .records import read_jsonl, write_json, write_jsonl
 from .scoring import outcome_from_winner, parse_winner
@@ -53,17 +55,25 @@ def comparisons(selected: dict[str, str], judgments: list[dict]) -> list[tuple[d
             for pair in itertools.permutations(by_response[response_id], 2)]
 
 
-def meta_judgment_records(
-    pairs: list[tuple[dict, dict]], responses: dict[str, dict], backend: Backend,
-    template: str, settings: dict, seed: int,
-) -> list[dict]:
+def comparison_prompts(pairs: list[tuple[dict, dict]], responses: dict[str, dict], template: str) -> list:
+    """The meta-judge prompt of every ordered pair: question, response, Judgment A = first."""
     prompts = []
     for first, second in pairs:
         r = responses[first["response_id"]]
         prompts.append(meta_judge_prompt(template, r["prompt"], r["response"], first["judgment"], second["judgment"]))
+    return prompts
+
+
+def meta_judgment_records(
+    pairs: list[tuple[dict, dict]], responses: dict[str, dict], backend: Backend,
+    template: str, settings: dict, seed: int, indices: Sequence[int] | None = None,
+) -> list[dict]:
+    """One meta-judgment per ordered pair; ``indices``: the pairs' positions in the stage
+    (seeds; see ``judging.sample_lines``)."""
+    prompts = comparison_prompts(pairs, responses, template)
     sampling = Sampling(settings["max_new_tokens"], settings["temperature"], settings["top_p"])
     forced = (WINNER_LABEL, WINNER_OPTIONS) if settings["winner_mode"] == "forced" else None
-    rows = [row[0] for row in sample_lines(backend, prompts, 1, sampling, seed, forced)]
+    rows = [row[0] for row in sample_lines(backend, prompts, 1, sampling, seed, forced, indices)]
     records = []
     for (first, second), (c, text, _) in zip(pairs, rows):
         parsed = parse_winner(text)
@@ -111,8 +121,10 @@ def meta_judge(
     threads: int | None = None,
     shard: int = 0,
     shards: int = 1,
+    checkpoint_every: int | None = None,
 ) -> dict:
-    """Meta-judge the prompts of shard ``shard`` of ``shards``."""
+    """Meta-judge the prompts of shard ``shard`` of ``shards``, checkpointing every
+    ``checkpoint_every`` comparisons (or more: whole batches) beside ``out_path``."""
     start = time.perf_counter()
     template = load_template(template_path, META_JUDGE_FIELDS)
     judgments = read_jsonl(judgments_path, required=("judgment_id", "response_id", "prompt_id", "judgment", "score"),
@@ -124,7 +136,16 @@ def meta_judge(
     pairs = comparisons(selected, judgments)
     backend = load_backend(backend_settings, model_dir, threads=threads)
     loaded = time.perf_counter()
-    records = meta_judgment_records(pairs, responses, backend, template, settings, seed) if pairs else []
+    prompts = comparison_prompts(pairs, responses, template)
+    key = stage_fingerprint("meta_judge", model_dir, backend, inputs=pairs, prompts=prompts,
+                            settings=settings, seed=seed)
+    checkpoint = StageCheckpoint(out_path, key, checkpoint_every, unit="comparisons")
+    records = checkpoint.run(
+        backend_batches(backend, prompts, 1),
+        lambda positions: meta_judgment_records([pairs[i] for i in positions], responses, backend, template,
+                                                settings, seed, indices=positions),
+        per_item=1,
+    )
     write_jsonl(out_path, records)
     stats = {
         "stage": "meta_judge",
@@ -135,10 +156,12 @@ def meta_judge(
         "seed": seed,
         "settings": settings,
         "backend": backend.describe(),
+        "resumed_from_checkpoint": checkpoint.resumed,
         "load_seconds": round(loaded - start, 3),
         "seconds": round(time.perf_counter() - loaded, 3),
     }
     write_json(stats_path, stats)
+    checkpoint.remove()
     log.info("%d comparisons over %d responses; %d unparsed", len(records), len(selected), stats["unparsed"])
     return stats
 

@@ -107,7 +107,7 @@ class ScriptedEvaluator:
             return "A"
         return "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie"
 
-    def generate(self, prompts, n, sampling, seed):
+    def generate(self, prompts, n, sampling, seed, indices=None):
         self.calls += len(prompts)
         return [[Completion(f"Winner: {self._pick(p.messages[-1]['content'])}", 10, 3, "stop")] * n
                 for p in prompts]

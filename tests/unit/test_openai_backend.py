@@ -148,6 +148,9 @@ def test_every_sample_is_a_request_with_its_own_seed(scripted):
     assert {body["max_tokens"], body["temperature"], body["top_p"]} == {8, 0.7, 0.9}
     assert sorted(map(tuple, (r["prompt"] for r in script.requests))) == sorted(tuple(x) for x in ids for _ in range(2))
     assert all(h["Authorization"] == "Bearer sk-test" for h in script.headers)
+    # a chunk of a stage: prompts 1 and 2 alone, seeded by their indices in the stage
+    chunk = backend.generate(PROMPTS[1:], n=2, sampling=Sampling(8, 0.7, 0.9), seed=11, indices=[1, 2])
+    assert chunk == out[1:]
 
 
 def test_text_prompts_chat_endpoint_and_extra_body(scripted):

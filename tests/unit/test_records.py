@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import shutil
+import subprocess
+
 import pytest
 
-from metarewarding.records import RecordError, read_jsonl, write_jsonl
+from metarewarding import records
+from metarewarding.records import RecordError, read_jsonl, write_json, write_jsonl
 
 
 def test_round_trip(tmp_path):
@@ -51,3 +58,76 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         write_jsonl(path, records())
     assert read_jsonl(path) == [{"id": "old"}]
     assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]
+
+
+BIG = [{"id": str(i), "text": "x" * 1000} for i in range(200)]  # ~200 kB
+
+
+def check_disk_full(folder, err):
+    """The error names the file; the previous file is intact; no temporary file is left."""
+    assert err.value.errno == errno.ENOSPC
+    assert str(folder / "r.jsonl") in str(err.value) or str(folder / "s.json") in str(err.value)
+    assert read_jsonl(folder / "r.jsonl") == [{"id": "old"}]
+    assert json.loads((folder / "s.json").read_text()) == {"old": True}
+    assert sorted(p.name for p in folder.iterdir()) == ["r.jsonl", "s.json"]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 64 kB tmpfs (needs root and permission to mount, e.g. not in most containers)."""
+    mount = shutil.which("mount")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if mount is None:
+        pytest.skip("no mount command: cannot make a small file system for a real disk-full test")
+    result = subprocess.run([mount, "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a 64 kB tmpfs here ({result.stderr.strip() or result.returncode}); "
+                    "test_disk_full_simulated covers the same code")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("writer", ["jsonl", "json"])
+def test_disk_full_on_a_real_small_filesystem(small_filesystem, writer):
+    folder = small_filesystem
+    write_jsonl(folder / "r.jsonl", [{"id": "old"}])
+    write_json(folder / "s.json", {"old": True})
+    with pytest.raises(OSError) as err:
+        if writer == "jsonl":
+            write_jsonl(folder / "r.jsonl", BIG)
+        else:
+            write_json(folder / "s.json", BIG)
+    check_disk_full(folder, err)
+
+
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_disk_full_simulated(tmp_path, monkeypatch, where):
+    """ENOSPC from a write partway through, or only from fsync (as on NFS or with delayed
+    allocation): the same guarantees as on a real full disk."""
+    import jsonlines
+
+    write_jsonl(tmp_path / "r.jsonl", [{"id": "old"}])
+    write_json(tmp_path / "s.json", {"old": True})
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if where == "write":
+        real_write = jsonlines.Writer.write
+
+        def write(self, obj):
+            if obj["id"] == "100":
+                raise full
+            return real_write(self, obj)
+
+        monkeypatch.setattr(jsonlines.Writer, "write", write)
+    else:
+        def fsync(fd):
+            raise full
+
+        monkeypatch.setattr(records.os, "fsync", fsync)
+    with pytest.raises(OSError) as err:
+        write_jsonl(tmp_path / "r.jsonl", BIG)
+    check_disk_full(tmp_path, err)
+    assert "could not write" in str(err.value) and "r.jsonl" in str(err.value)

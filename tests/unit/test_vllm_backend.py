@@ -95,6 +95,7 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(report):
     assert report["seed1"] == report["seed1_again"]
     assert report["seed1"] != report["seed2"]
     assert report["seed1_alone"] == report["seed1"][:1]  # prompt 0 alone: same seeds, same samples
+    assert report["seed1_chunk"] == report["seed1"][1:2]  # prompt 1 alone, seeded by its index 1
     samples = [c["text"] for c in report["seed1"][1]]
     assert len(set(samples)) > 1  # the n samples of one prompt differ
     greedy = report["greedy"][0]

@@ -42,9 +42,9 @@ def main(work: Path, eager: bool) -> None:
     report: dict = {"engine_start_s": round(time.perf_counter() - start, 2)}
     report["prompt_tokens"] = [len(backend.encode(p)) for p in PROMPTS]
 
-    def run(name, items, n, sampling, seed):
+    def run(name, items, n, sampling, seed, indices=None):
         t = time.perf_counter()
-        out = backend.generate(items, n=n, sampling=sampling, seed=seed)
+        out = backend.generate(items, n=n, sampling=sampling, seed=seed, indices=indices)
         report[name] = [[asdict(c) for c in cs] for cs in out]
         report[name + "_s"] = round(time.perf_counter() - t, 3)
 
@@ -53,6 +53,8 @@ def main(work: Path, eager: bool) -> None:
     run("seed2", PROMPTS, 4, Sampling(24, 0.9, 0.95), 2)
     # the first prompt alone: its samples must not depend on the other prompts of the call
     run("seed1_alone", PROMPTS[:1], 4, Sampling(24, 0.9, 0.95), 1)
+    # prompt 1 alone, called with its index in the first call (a stage's checkpoint chunk)
+    run("seed1_chunk", PROMPTS[1:2], 4, Sampling(24, 0.9, 0.95), 1, indices=[1])
     run("cut", PROMPTS, 4, Sampling(1, 1.0, 1.0), 5)
     run("greedy", PROMPTS[:1], 2, Sampling(6, 0.0), 0)
     for name, (items, options) in CHOICES.items():

@@ -8,6 +8,7 @@ Snakemake would run again.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -116,6 +117,67 @@ def test_killed_run_resumes_without_redoing_finished_jobs(tiny_run, tmp_path, ti
     if "prompts.jsonl" in done_before:
         assert counts.get("sample_prompts", 0) <= 1
     assert digests(tmp_path) == digests(workdir)
+
+
+def test_job_killed_mid_stage_resumes_from_its_checkpoint(tiny_run, tmp_path):
+    """SIGTERM to the run's process group (Ctrl-C in a terminal sends SIGINT the same way; a
+    cluster's time limit sends SIGTERM to the job) while judge_responses is between two
+    checkpointed chunks; the restart resumes inside the stage, and the records equal those of
+    the uninterrupted tiny run, made with the default chunk size (one chunk)."""
+    import shutil
+
+    workdir, _ = tiny_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(workdir, run_dir, symlinks=True,
+                    ignore=shutil.ignore_patterns("iter2", "eval", "plots", "report*"))
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["inference"] = {"checkpoint_every": 1}  # 12 responses: 3 chunks of one batch (5, 5, 2)
+    write_config(run_dir / "config.yaml", config)
+    judgments = run_dir / "results/iter1/shards/judgments.0.jsonl"
+    partial = run_dir / "results/iter1/shards/judgments.0.jsonl.partial"
+    before = {p: hashlib.sha256((workdir / p).read_bytes()).hexdigest()
+              for p in ["results/iter1/responses.jsonl", "results/iter1/judgments.jsonl",
+                        "results/iter1/shards/judgments.0.jsonl"]}
+    for name in ["shards/judgments.0.jsonl", "shards/stats/judge_responses.0.json", "judgments.jsonl",
+                 "stats/judge_responses.json"]:  # as if the run had got as far as judging
+        (run_dir / "results/iter1" / name).unlink()
+    cmd = [sys.executable, "-m", "snakemake", "results/iter1/judgments.jsonl",
+           "-s", str(REPO / "Snakefile"), "-d", str(run_dir), "--cores", "2",
+           "--profile", str(REPO / "profiles/default"), "--configfile", str(run_dir / "config.yaml")]
+    env = {**os.environ, "METAREWARDING_CHECKPOINT_PAUSE": "10"}  # time to kill between two chunks
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                           start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not (partial.exists() and partial.read_bytes().count(b"\n") >= 2) and time.time() < deadline:
+            assert run.poll() is None, run.stdout.read()
+            time.sleep(0.1)
+        assert partial.exists(), "the judge job never checkpointed a chunk"
+        os.killpg(run.pid, signal.SIGTERM)
+        output, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    # Snakemake takes SIGTERM as "finish the running jobs, start no new ones"; the job itself
+    # died of it, so Snakemake reports it failed, removes its outputs and releases the lock
+    # (no --unlock needed); the undeclared partial file stays.
+    assert run.returncode != 0 and "Will exit after finishing currently running jobs" in output, output
+    assert "Error in rule judge_responses" in output
+    assert not judgments.exists() and partial.exists()
+    completed = sum(len(json.loads(line)["positions"]) for line in partial.read_text().splitlines()[1:])
+    assert completed == 5  # one batch of 16 // 3 judgments = 5 responses
+
+    resumed = snakemake(run_dir, "results/iter1/judgments.jsonl", "--configfile", str(run_dir / "config.yaml"))
+    counts = jobs_run(resumed.stdout + resumed.stderr)
+    assert counts == {"judge_responses": 1, "gather_judgments": 1}, resumed.stdout
+    log = (run_dir / "logs/iter1/judge_responses.0.log").read_text()
+    assert "resumed from" in log and "5 of 12 responses already completed, 7 to go" in log
+    stats = json.loads((run_dir / "results/iter1/shards/stats/judge_responses.0.json").read_text())
+    assert stats["resumed_from_checkpoint"] == 5
+    assert not partial.exists()
+    after = {p: hashlib.sha256((run_dir / p).read_bytes()).hexdigest() for p in before}
+    assert after == before
 
 
 def test_run_manifest_verifies_and_catches_a_changed_output(tiny_run, tmp_path):

@@ -59,15 +59,26 @@ class Backend(Protocol):
     name: str
 
     def generate(
-        self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int
+        self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
+        indices: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """Return ``n`` completions for every prompt, in prompt order, reproducible for a seed."""
+        """Return ``n`` completions for every prompt, in prompt order, reproducible for a seed.
+
+        ``indices[i]`` is prompt i's number among all the prompts of the stage (default: its
+        position in this call); its samples are seeded by it, so a stage that calls the backend
+        chunk by chunk draws what one call on all its prompts would draw."""
 
     def choose(self, prompts: Sequence[ChatPrompt], options: Sequence[str]) -> list[Choice]:
         """Return, for every prompt, the option whose text the model finds most likely next."""
 
     def describe(self) -> dict:
         """A JSON-able record of the backend and its settings, stored next to each artifact."""
+
+    # Optional: ``batches(prompts, n) -> list[list[int]]``, the positions of the prompts the
+    # backend decodes together, in decoding order, when its results depend on which prompts
+    # share a batch (the transformers backend pads a batch to its longest prompt). A call on
+    # any union of whole batches (with their ``indices``) decodes each of them exactly as the
+    # call on all the prompts does; stages checkpoint in such unions (``checkpoint.py``).
 
 
 def user_prompt(text: str, system: str | None = None) -> ChatPrompt:
@@ -78,11 +89,11 @@ def user_prompt(text: str, system: str | None = None) -> ChatPrompt:
 
 def generate_then_choose(
     backend: Backend, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
-    label: str, options: Sequence[str],
+    label: str, options: Sequence[str], indices: Sequence[int] | None = None,
 ) -> list[list[tuple[Completion, dict[str, float]]]]:
     """A forced line for any backend: generate, then ask ``choose`` about text + ``label``.
     Backends that can continue their own cache offer a faster ``generate_forced``."""
-    completions = backend.generate(prompts, n, sampling, seed)
+    completions = backend.generate(prompts, n, sampling, seed, indices=indices)
     flat = [ChatPrompt(p.messages, p.continuation + c.text.rstrip() + label)
             for p, cs in zip(prompts, completions) for c in cs]
     choices = iter(backend.choose(flat, options))
@@ -91,11 +102,12 @@ def generate_then_choose(
 
 def generate_forced(
     backend: Backend, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
-    label: str, options: Sequence[str],
+    label: str, options: Sequence[str], indices: Sequence[int] | None = None,
 ) -> list[list[tuple[Completion, dict[str, float]]]]:
     """n completions per prompt, each with the log-probabilities of ``options`` after
-    completion + ``label``; uses the backend's fused path when it has one."""
+    completion + ``label``; uses the backend's fused path when it has one. ``indices`` as in
+    ``Backend.generate``."""
     fused = getattr(backend, "generate_forced", None)
     if fused is not None:
-        return fused(prompts, n, sampling, seed, label, options)
-    return generate_then_choose(backend, prompts, n, sampling, seed, label, options)
+        return fused(prompts, n, sampling, seed, label, options, indices=indices)
+    return generate_then_choose(backend, prompts, n, sampling, seed, label, options, indices)

@@ -3,8 +3,10 @@
 Prompts are sorted by length and batched (``batch_size`` rows = prompts x samples) so that
 padding stays small; results come back in prompt order. Each prompt is prefilled once and its
 KV cache repeated for its n samples. Every (prompt, sample) row draws from its own seeded
-random generator, so the batch a prompt lands in does not change the random stream it sees
-(the floating-point results of a batch can still differ in the last bits with its padding).
+random generator, keyed by the prompt's index in the stage (``indices``), so the batch or the
+call a prompt lands in does not change the random stream it sees (the floating-point results
+of a batch can still differ in the last bits with its padding; ``batches`` tells a stage which
+prompts share one, so that it can split its work without changing them).
 A forced line (``Score:`` + digit) continues the same cache instead of reading the prompt
 again.
 """
@@ -73,32 +75,49 @@ class TransformersBackend:
         return text + prompt.continuation
 
     def generate(
-        self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int
+        self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
+        indices: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        return [[c for c, _ in row] for row in self._run(prompts, n, sampling, seed, None)]
+        return [[c for c, _ in row] for row in self._run(prompts, n, sampling, seed, None, indices)]
 
     def generate_forced(
         self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
-        label: str, options: Sequence[str],
+        label: str, options: Sequence[str], indices: Sequence[int] | None = None,
     ) -> list[list[tuple[Completion, dict[str, float]]]]:
         """Sample completions, then append ``label`` to each and score ``options`` as the next
         tokens, continuing each completion's KV cache (no second pass over the prompt)."""
         label_ids, option_ids = _split_options(self.tokenizer, label, options)
         if any(len(t) != 1 for t in option_ids):
-            return generate_then_choose(self, prompts, n, sampling, seed, label, options)
+            return generate_then_choose(self, prompts, n, sampling, seed, label, options, indices)
         forced = (label_ids, [t[0] for t in option_ids], list(options))
-        return self._run(prompts, n, sampling, seed, forced)
+        return self._run(prompts, n, sampling, seed, forced, indices)
 
-    def _run(self, prompts, n, sampling, seed, forced):
-        """Batch unique prompts (sorted by length), n rows each, and decode them together."""
-        encoded = [self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+    def batches(self, prompts: Sequence[ChatPrompt], n: int) -> list[list[int]]:
+        """The positions of the prompts that ``generate(prompts, n, ...)`` decodes together, in
+        order: sorted by token length, ``batch_size // n`` prompts a batch. A call on a union of
+        whole batches (with their positions as ``indices``) pads and seeds every batch alike."""
+        return self._plan(self._encode_all(prompts), range(len(prompts)), n)
+
+    def _encode_all(self, prompts: Sequence[ChatPrompt]) -> list[list[int]]:
+        return [self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
+
+    def _plan(self, encoded: list[list[int]], keys: Sequence[int], n: int) -> list[list[int]]:
+        """Positions sorted by (token length, index in the stage), cut into batches."""
+        order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), keys[i]))
         per_batch = max(1, self.batch_size // n)
+        return [order[start : start + per_batch] for start in range(0, len(order), per_batch)]
+
+    def _run(self, prompts, n, sampling, seed, forced, indices=None):
+        """Batch unique prompts (sorted by length), n rows each, and decode them together; the
+        random stream of a row follows its prompt's index in the stage (``indices``)."""
+        keys = list(range(len(prompts))) if indices is None else [int(i) for i in indices]
+        if len(keys) != len(prompts):
+            raise ValueError(f"{len(keys)} indices for {len(prompts)} prompts")
+        encoded = self._encode_all(prompts)
         out: list = [None] * len(prompts)
-        for start in range(0, len(order), per_batch):
-            chunk = order[start : start + per_batch]
-            rows = self._decode([encoded[i] for i in chunk], chunk, n, sampling, seed, forced)
-            for k, i in enumerate(chunk):
+        for batch in self._plan(encoded, keys, n):
+            rows = self._decode([encoded[i] for i in batch], [keys[i] for i in batch], n, sampling, seed, forced)
+            for k, i in enumerate(batch):
                 out[i] = rows[k * n : (k + 1) * n]
         return out
 

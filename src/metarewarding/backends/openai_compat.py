@@ -10,7 +10,8 @@ to ``/v1/chat/completions`` and lets the server apply the chat template; a conti
 a final assistant message with vLLM's ``continue_final_message`` extension.
 
 Samples. Every sample is its own request (``n`` = 1) with seed ``prompt_seed(seed, i) + k`` for
-sample ``k`` of prompt ``i``, the seeds the vLLM backend gives vLLM's own ``n`` samples, so the
+sample ``k`` of prompt ``i`` (its index in the stage when ``indices`` is passed), the seeds the
+vLLM backend gives vLLM's own ``n`` samples, so the
 token counts in ``usage`` are per sample and servers that ignore ``n`` still give ``n`` samples.
 Requests run in ``concurrency`` threads and are retried with exponential backoff on connection
 errors, timeouts, 408/409/429 and 5xx answers (``Retry-After`` is honoured).
@@ -169,8 +170,10 @@ class OpenAICompatBackend:
     # ----- generation -----
 
     def generate(
-        self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int
+        self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
+        indices: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
+        keys = range(len(prompts)) if indices is None else [int(i) for i in indices]
         ids = None
         if self.endpoint == "completions":
             ids = [self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
@@ -179,7 +182,7 @@ class OpenAICompatBackend:
         def one(job: tuple[int, int]) -> Completion:
             i, k = job
             payload = {"model": self.served_model, "max_tokens": sampling.max_new_tokens,
-                       "temperature": sampling.temperature, "seed": prompt_seed(seed, i) + k}
+                       "temperature": sampling.temperature, "seed": prompt_seed(seed, keys[i]) + k}
             if sampling.temperature > 0:
                 payload["top_p"] = sampling.top_p
             if ids is not None:

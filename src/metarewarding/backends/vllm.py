@@ -4,7 +4,9 @@ Prompts are rendered exactly as the transformers backend renders them (the model
 template with the generation prompt, then the continuation, tokenised without special tokens)
 and reach vLLM as token ids, so both backends see the same tokens. Sampling is seeded per
 prompt: prompt ``i`` of a call with seed ``s`` gets ``prompt_seed(s, i)`` and vLLM gives its
-``k``-th sample ``prompt_seed(s, i) + k``, so samples do not depend on how vLLM batches them.
+``k``-th sample ``prompt_seed(s, i) + k``, so samples do not depend on how vLLM batches them;
+``i`` is the prompt's index in the stage when the caller passes ``indices`` (a stage that
+checkpoints chunk by chunk draws what one call would draw).
 The OpenAI-compatible backend sends the same per-sample seeds, so a ``vllm serve`` server
 reproduces this backend's draws.
 
@@ -144,7 +146,8 @@ class VLLMBackend:
         return self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"]
 
     def generate(
-        self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int
+        self, prompts: Sequence[ChatPrompt], n: int, sampling: Sampling, seed: int,
+        indices: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -153,12 +156,13 @@ class VLLMBackend:
             return []
         greedy = sampling.temperature == 0
         ids = [self.encode(p) for p in prompts]
+        keys = range(len(prompts)) if indices is None else [int(i) for i in indices]
         # vLLM refuses n > 1 with greedy decoding: decode once, repeat the result n times
         draws = 1 if greedy else n
         params = [
             SamplingParams(
                 n=draws,
-                seed=prompt_seed(seed, i),
+                seed=prompt_seed(seed, keys[i]),
                 max_tokens=sampling.max_new_tokens,
                 temperature=0.0 if greedy else sampling.temperature,
                 top_p=1.0 if greedy else sampling.top_p,
