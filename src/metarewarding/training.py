@@ -253,8 +253,11 @@ def run_training(kind: str, job: dict, out_dir: str, metrics_path: str, threads:
     if distributed["strategy"] not in STRATEGIES:
         raise ValueError(f"distributed.strategy: expected one of {STRATEGIES}, got {distributed['strategy']!r}")
     start = time.perf_counter()
-    fingerprint = training_fingerprint(kind, _data_paths(kind, job), job["model_dir"], job["settings"], job["seed"])
-    resume = prepare_checkpoints(checkpoint_dir, fingerprint)
+    resume = None
+    if checkpoint_dir:  # hashing an 8B model's weights takes a minute: only when checkpoints are on
+        fingerprint = training_fingerprint(kind, _data_paths(kind, job), job["model_dir"], job["settings"],
+                                           job["seed"])
+        resume = prepare_checkpoints(checkpoint_dir, fingerprint)
     if distributed["strategy"] != "none":
         processes = distributed["processes"] or max(int(gpus or 0), 1)
         counts = launch_distributed(kind, job, out_dir, distributed, processes, threads, checkpoint_dir,
