@@ -60,10 +60,9 @@ def checkpoint_every(config: dict) -> int | None:
     """``inference.checkpoint_every`` of a workflow config, defaults filled in. The workflow
     scripts read it from the config rather than from params, so that changing it (it never
     changes the records) does not rerun a stage."""
-    from .config import validate_config
+    from .config import workflow_config
 
-    return validate_config({k: v for k, v in config.items() if k != "resolved_iterations"})[
-        "inference"]["checkpoint_every"]
+    return workflow_config(config)["inference"]["checkpoint_every"]
 
 
 # --------------------------------------------------------------------------- #

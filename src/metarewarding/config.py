@@ -103,6 +103,13 @@ def validate_config(config: dict) -> dict:
     return _sorted(filled)
 
 
+def workflow_config(config: dict) -> dict:
+    """The validated config, defaults filled, as a workflow script sees it in
+    ``snakemake.config`` (which may already carry ``resolved_iterations``): how the scripts
+    read execution settings that are deliberately not rule params."""
+    return validate_config({k: v for k, v in config.items() if k != "resolved_iterations"})
+
+
 def _sorted(value: Any) -> Any:
     """Mappings with their keys sorted, recursively: settings reach the rules' params in one
     order however the YAML was written, so reordering keys never looks like a change."""

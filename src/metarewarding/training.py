@@ -305,9 +305,9 @@ def training_execution(config: dict, out_dir: str, stage: str, gpus) -> dict:
     """The execution keywords of ``run_training`` from the experiment config's ``training``
     block (read by the workflow scripts from the config, so they are not rerun triggers):
     checkpoints next to the model folder, the distributed strategy, the job's GPU count."""
-    from .config import validate_config
+    from .config import workflow_config
 
-    training = validate_config({k: v for k, v in config.items() if k != "resolved_iterations"})["training"]
+    training = workflow_config(config)["training"]
     steps = training["checkpoint_steps"]
     return {
         "checkpoint_dir": str(Path(out_dir).parent / "checkpoints" / stage) if steps else None,
