@@ -55,10 +55,61 @@ def lora_config(settings: dict):
                       target_modules=settings["target_modules"], task_type="CAUSAL_LM")
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` ("cuda" or "cpu") multiplies bfloat16 matrices natively, and so
+    trains faster in bfloat16 mixed precision (on CPUs: AVX512-BF16 or AMX, through oneDNN)."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``precision`` with "auto" resolved: bfloat16 mixed precision where the hardware runs
+    it natively, else float32. Weights and optimiser states stay float32 either way."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if native_bf16(device) else "float32"
+    return precision
+
+
+def score_completion_tokens_only() -> bool:
+    """Make TRL's fused LM head project only the positions that carry a label (the completion
+    tokens) on every device, not just on Triton devices.
+
+    TRL 1.x scores every position, prompt and padding included, when Triton is absent (for
+    the sake of fixed tile shapes on compilers like Neuron's); on a CPU that triples the cost
+    of the vocabulary projection of a DPO step for nothing, since the other positions are
+    masked out afterwards. The log-probabilities are the same either way
+    (tests/unit/test_training.py). Returns False, changing nothing, on a TRL without the hook."""
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        return False
+    current = getattr(trl_utils, "_use_triton", None)
+    if current is None or getattr(current, "metarewarding_compact", False):
+        return current is not None
+
+    def compact(device: torch.device) -> bool:
+        return device.type == "cpu" or current(device)
+
+    compact.metarewarding_compact = True
+    compact.wrapped = current
+    trl_utils._use_triton = compact
+    return True
+
+
 def common_args(settings: dict, seed: int, output_dir: str, checkpoint_steps: int | None = None,
                 strategy: str = "none") -> dict:
-    """TrainingArguments shared by DPO and SFT; precision follows the hardware."""
+    """TrainingArguments shared by DPO and SFT; ``settings["precision"]`` picks the precision."""
     cuda = torch.cuda.is_available()
+    precision = resolve_precision(settings.get("precision", "auto"), "cuda" if cuda else "cpu")
     return dict(
         output_dir=output_dir,
         learning_rate=settings["learning_rate"],
@@ -69,7 +120,7 @@ def common_args(settings: dict, seed: int, output_dir: str, checkpoint_steps: in
         seed=seed,
         data_seed=seed,
         use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=precision == "bfloat16",
         # FSDP checkpoints activations itself (configs/accelerate/fsdp.yaml).
         gradient_checkpointing=cuda and strategy != "fsdp",
         logging_steps=1,
@@ -231,6 +282,7 @@ def eft_trainer(demos_path: str, template_path: str, model_dir: str, settings: d
 
 
 def _build(kind: str, job: dict, output_dir: str, checkpoint_steps, strategy: str):
+    score_completion_tokens_only()
     if kind == "train_dpo":
         return dpo_trainer(job["pairs_path"], job["model_dir"], job["settings"], job["seed"], output_dir,
                            checkpoint_steps, strategy)
@@ -278,6 +330,8 @@ def run_training(kind: str, job: dict, out_dir: str, metrics_path: str, threads:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     metrics = {"stage": kind, **{k: v for k, v in counts.items() if k not in ("steps", "summary")},
                "settings": job["settings"], "seed": job["seed"], "distributed": distributed,
+               "precision": resolve_precision(job["settings"].get("precision", "auto"),
+                                              "cuda" if torch.cuda.is_available() else "cpu"),
                "resumed_from": Path(resume).name if resume else None,
                "steps": counts.get("steps", []), "summary": counts.get("summary", {}),
                "seconds": round(time.perf_counter() - start, 3)}

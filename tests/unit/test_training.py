@@ -159,3 +159,52 @@ def test_accelerate_configs_load_and_name_their_strategy(repo):
         assert config.distributed_type.value == kind
     assert load_config_from_file(str(repo / "configs/accelerate/deepspeed_zero3.yaml")).deepspeed_config["zero_stage"] == 3
     assert load_config_from_file(str(repo / "configs/accelerate/fsdp.yaml")).fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+def test_precision_resolves_auto_to_what_the_hardware_runs_natively():
+    from metarewarding.training import native_bf16, resolve_precision
+
+    assert resolve_precision("float32", "cpu") == "float32"
+    assert resolve_precision("bfloat16", "cpu") == "bfloat16"
+    assert resolve_precision("auto", "cpu") == ("bfloat16" if native_bf16("cpu") else "float32")
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_dpo_records_the_precision_it_ran_in(tmp_path, tiny_model):
+    write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(2)])
+    metrics = train_dpo(str(tmp_path / "pairs.jsonl"), str(tiny_model), {**FULL, "precision": "float32"}, 0,
+                        str(tmp_path / "out"), str(tmp_path / "metrics.json"))
+    assert metrics["precision"] == "float32"
+
+
+def test_scoring_completion_tokens_only_gives_the_same_log_probs(tmp_path, tiny_model, monkeypatch):
+    """On a CPU, TRL's fused LM head projects every position unless told to compact; both
+    paths must give the same per-token log-probabilities on the completion tokens."""
+    from trl.trainer import utils as trl_utils
+
+    from metarewarding.training import dpo_trainer, score_completion_tokens_only
+
+    original = getattr(trl_utils._use_triton, "wrapped", trl_utils._use_triton)  # unpatched by an earlier test
+    write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(4)])
+    trainer, _, _ = dpo_trainer(str(tmp_path / "pairs.jsonl"), str(tiny_model), {**FULL, "precision": "float32"}, 0,
+                                str(tmp_path / "run"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    inputs = {k: v for k, v in batch.items() if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    model = trainer.model.eval()
+
+    def log_probs():
+        with torch.no_grad():
+            return model(**inputs, labels=labels, fused_lm_head=True).log_probs
+
+    monkeypatch.setattr(trl_utils, "_use_triton", original)
+    assert not original(torch.device("cpu"))  # TRL's own choice on a CPU: score every position
+    every_position = log_probs()
+    assert score_completion_tokens_only()
+    assert trl_utils._use_triton(torch.device("cpu"))
+    compact = log_probs()
+    scored = labels[:, 1:] != -100
+    assert scored.sum() > 0 and (~scored).sum() > 0
+    torch.testing.assert_close(compact[scored], every_position[scored], rtol=1e-5, atol=1e-5)
+    assert torch.all(compact[~scored] == 0)
