@@ -94,3 +94,89 @@ def test_fused_forced_line_matches_generate_then_choose(backend):
                 compared += 1
                 assert lp1 == pytest.approx(lp2, abs=2e-3)
     assert compared > 0
+
+
+HEADER = "Grade the response below with the additive five point rubric, one point per criterion met. " * 2
+SHARED = [user_prompt(f"{HEADER}\nQuestion: {q}\nResponse: {r}")
+          for q, responses in [("why is the sky blue when the sun is high", ["light scatters", "no idea at all"]),
+                               ("name a prime number", ["seven", "nine, which is odd"])]
+          for r in responses] + [user_prompt("an unrelated short prompt")]
+
+
+def test_prefix_levels_cut_sequences_into_shared_segments():
+    from metarewarding.backends.hf import PrefixNode, prefix_levels
+
+    ids = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 7], [1, 2, 9], [1, 2, 3, 4, 5, 6, 8], [5]]
+    levels, rows = prefix_levels(ids, 2)
+    # [1, 2, ...] share 2 tokens, then [3, 4] is shared by three of them; [5, 6] is not cut off
+    # row 0 because it would leave no token of its own; [5] shares nothing
+    assert levels == [
+        [PrefixNode(0, [1, 2]), PrefixNode(0, [5])],
+        [PrefixNode(0, [3, 4]), PrefixNode(0, [9]), PrefixNode(1, [])],
+        [PrefixNode(0, [5, 6]), PrefixNode(0, [5, 6, 8]), PrefixNode(0, [7]), PrefixNode(1, []), PrefixNode(2, [])],
+    ]
+    assert rows == [0, 2, 3, 1, 4]
+    for r, sequence in enumerate(ids):  # the segments along each path give the sequence back
+        position, segments = rows[r], []
+        for level in reversed(levels):
+            segments.insert(0, level[position].tokens)
+            position = level[position].parent
+        assert sum(segments, []) == sequence
+    # identical sequences share all but their last token
+    assert prefix_levels([[3, 4], [3, 4]], 1) == ([[PrefixNode(0, [3])], [PrefixNode(0, [4]), PrefixNode(0, [4])]],
+                                                   [0, 1])
+    with pytest.raises(ValueError, match="at least one token"):
+        prefix_levels([[1], []], 2)
+
+
+def test_shared_prefixes_give_the_logits_of_separate_prompts(backend, monkeypatch):
+    from metarewarding.backends.hf import prefix_levels
+
+    encoded = backend._encode_all(SHARED)
+    levels, _ = prefix_levels(encoded, backend.min_shared_prefix)
+    assert len(levels) >= 3 and len(levels[0]) == 2  # header+question shared, then the response
+    _, shared, _, next_pos = backend._prefill(encoded, repeat=2)
+    monkeypatch.setattr(backend, "min_shared_prefix", 10**9)  # no sharing: one left-padded batch
+    _, plain, _, plain_pos = backend._prefill(encoded, repeat=2)
+    assert next_pos.tolist() == plain_pos.tolist()
+    assert next_pos[::2, 0].tolist() == [len(t) for t in encoded]
+    assert (shared - plain).abs().max().item() < 1e-4
+
+
+def test_greedy_decoding_with_shared_prefixes_matches_transformers_generate(backend):
+    out = backend.generate(SHARED, n=2, sampling=Sampling(10, 0.0), seed=0)
+    for prompt, completions in zip(SHARED, out):
+        ids = backend.tokenizer(backend.render(prompt), add_special_tokens=False, return_tensors="pt")
+        reference = backend.model.generate(**ids, max_new_tokens=10, do_sample=False,
+                                           eos_token_id=backend.eos_ids, pad_token_id=backend.tokenizer.pad_token_id)
+        expected = backend._completion(ids["input_ids"].shape[1], reference[0, ids["input_ids"].shape[1]:].tolist())
+        assert completions == [expected, expected]
+
+
+def test_choose_with_shared_prefixes_matches_one_prompt_at_a_time(backend):
+    options = score_options(0, 5)
+    together = backend.choose(SHARED, options)
+    alone = [backend.choose([p], options)[0] for p in SHARED]
+    for a, b in zip(together, alone):
+        assert a.option == b.option
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+@pytest.mark.parametrize("candidates", [2, 3, 256])
+def test_nucleus_sampling_keeps_the_tokens_whose_preceding_mass_is_within_top_p(candidates, monkeypatch):
+    """probs 0.5, 0.3, 0.12, 0.08 at top_p 0.85: the mass before each token is 0, 0.5, 0.8, 0.92,
+    so tokens 0-2 are kept. With 2 candidates (mass 0.8 <= 0.85) the row falls back to a full
+    sort; with 3 (mass 0.92) or 256 the nucleus is found among the candidates; all agree."""
+    import torch
+
+    from metarewarding.backends import hf
+
+    monkeypatch.setattr(hf, "NUCLEUS_CANDIDATES", candidates)
+    logits = torch.tensor([0.5, 0.3, 0.12, 0.08]).log().repeat(400, 1)
+    generators = [hf._generator("cpu", 7, i, 0) for i in range(400)]
+    drawn = hf._sample(logits, Sampling(1, 1.0, 0.85), generators).tolist()
+    counts = [drawn.count(t) for t in range(4)]
+    assert counts[3] == 0 and all(c > 0 for c in counts[:3])
+    assert counts[0] / 400 == pytest.approx(0.5 / 0.92, abs=0.08)  # renormalised over the nucleus
+    greedy = hf._sample(logits[:2], Sampling(1, 0.0), generators[:2]).tolist()
+    assert greedy == [0, 0]

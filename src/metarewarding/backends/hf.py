@@ -1,8 +1,13 @@
 """The transformers backend: batched, left-padded generation with the model's chat template.
 
-Prompts are sorted by length and batched (``batch_size`` rows = prompts x samples) so that
-padding stays small; results come back in prompt order. Each prompt is prefilled once and its
-KV cache repeated for its n samples. Every (prompt, sample) row draws from its own seeded
+Prompts are sorted by their tokens and batched (``batch_size`` rows = prompts x samples);
+results come back in prompt order. A batch is prefilled as a tree of shared prefixes
+(``prefix_levels``): the judge template's opening is computed once for the whole batch, a
+question once for all its responses, a question and response once for all the meta-judge
+comparisons of their judgments; the KV cache of a prefix is copied to the rows that continue
+it, and padding sits between segments (masked, with the positions of the real tokens), so
+each row sees exactly its own tokens. Each prompt is prefilled once and its KV cache repeated
+for its n samples. Every (prompt, sample) row draws from its own seeded
 random generator, keyed by the prompt's index in the stage (``indices``), so the batch or the
 call a prompt lands in does not change the random stream it sees (the floating-point results
 of a batch can still differ in the last bits with its padding; ``batches`` tells a stage which
@@ -13,9 +18,10 @@ again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -28,6 +34,9 @@ class TransformersBackend:
     """Runs a local Hugging Face causal LM in-process (CPU or one GPU)."""
 
     name = "transformers"
+    # A prefix is computed once for the rows that share it when it is at least this many tokens
+    # (below that, the bookkeeping of another tree level costs more than it saves).
+    min_shared_prefix = 16
 
     def __init__(
         self,
@@ -94,7 +103,8 @@ class TransformersBackend:
 
     def batches(self, prompts: Sequence[ChatPrompt], n: int) -> list[list[int]]:
         """The positions of the prompts that ``generate(prompts, n, ...)`` decodes together, in
-        order: sorted by token length, ``batch_size // n`` prompts a batch. A call on a union of
+        order: sorted by their tokens (prompts with a shared prefix are neighbours),
+        ``batch_size // n`` prompts a batch. A call on a union of
         whole batches (with their positions as ``indices``) pads and seeds every batch alike."""
         return self._plan(self._encode_all(prompts), range(len(prompts)), n)
 
@@ -102,8 +112,9 @@ class TransformersBackend:
         return [self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
 
     def _plan(self, encoded: list[list[int]], keys: Sequence[int], n: int) -> list[list[int]]:
-        """Positions sorted by (token length, index in the stage), cut into batches."""
-        order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), keys[i]))
+        """Positions sorted by (tokens, index in the stage), cut into batches: prompts that
+        share a prefix land in the same batch, where it is computed once."""
+        order = sorted(range(len(encoded)), key=lambda i: (encoded[i], keys[i]))
         per_batch = max(1, self.batch_size // n)
         return [order[start : start + per_batch] for start in range(0, len(order), per_batch)]
 
@@ -126,21 +137,46 @@ class TransformersBackend:
         return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                           cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
+    def _prefill(self, ids: list[list[int]], repeat: int = 1):
+        """Run the prompts ``ids`` through the model, each shared prefix once (``prefix_levels``).
+
+        Returns the KV cache with ``repeat`` rows per prompt (in prompt order), the logits after
+        each prompt's last token, the attention mask over the cache and the position of each
+        row's next token."""
+        from transformers.cache_utils import Cache
+
+        cache = Cache(layer_class_to_replicate=_growing_layer_class())
+        mask = next_pos = logits = None
+        levels, final_rows = prefix_levels(ids, self.min_shared_prefix)
+        for level in levels:
+            if mask is not None:
+                parents = torch.tensor([node.parent for node in level], device=self.device)
+                cache.batch_select_indices(parents)
+                mask, next_pos, logits = mask[parents], next_pos[parents], logits[parents]
+            width = max(len(node.tokens) for node in level)
+            pad = self.tokenizer.pad_token_id
+            segment = torch.tensor([[pad] * (width - len(node.tokens)) + node.tokens for node in level],
+                                   device=self.device)
+            seg_mask = torch.tensor([[0] * (width - len(node.tokens)) + [1] * len(node.tokens) for node in level],
+                                    device=self.device)
+            base = next_pos if next_pos is not None else torch.zeros_like(seg_mask[:, :1])
+            positions = (base + seg_mask.cumsum(-1) - 1).clamp(min=0)
+            mask = seg_mask if mask is None else torch.cat([mask, seg_mask], dim=1)
+            level_logits = self._forward(cache, segment, mask, positions)
+            fed = seg_mask[:, -1:].bool()  # rows with tokens at this level (others only carried)
+            logits = level_logits if logits is None else torch.where(fed, level_logits, logits)
+            next_pos = base + seg_mask.sum(-1, keepdim=True)
+        rows = torch.tensor(final_rows, device=self.device).repeat_interleave(repeat)
+        cache.batch_select_indices(rows)
+        return cache, logits[rows], mask[rows], next_pos[rows]
+
     @torch.inference_mode()
     def _decode(self, ids, prompt_indices, n, sampling, seed, forced):
-        """Prefill each prompt once, repeat its KV cache for n samples, and sample token by
-        token with one seeded generator per (prompt, sample); optionally score a forced line.
-        Rows that have stopped keep running with their new positions masked out."""
-        from transformers import DynamicCache
-
-        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
-        mask = batch["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = self._forward(cache, batch["input_ids"], mask, positions)
-        cache.batch_repeat_interleave(n)
-        logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-        next_pos = positions[:, -1:].repeat_interleave(n, 0) + 1
+        """Prefill each prompt once (shared prefixes once per batch), repeat its KV cache for n
+        samples, and sample token by token with one seeded generator per (prompt, sample);
+        optionally score a forced line. Rows that have stopped keep running with their new
+        positions masked out."""
+        cache, logits, mask, next_pos = self._prefill(ids, repeat=n)
         generators = [_generator(self.device, seed, i, j) for i in prompt_indices for j in range(n)]
         eos = torch.tensor(self.eos_ids, device=self.device)
         done = torch.zeros(len(generators), dtype=torch.bool, device=self.device)
@@ -185,45 +221,140 @@ class TransformersBackend:
         )
 
     def choose(self, prompts: Sequence[ChatPrompt], options: Sequence[str]) -> list[Choice]:
-        choices: list[Choice] = []
-        texts = [self.render(p) for p in prompts]
-        for start in range(0, len(texts), self.batch_size):
-            choices += self._choose_batch(texts[start : start + self.batch_size], options)
-        return choices
-
-    @torch.inference_mode()
-    def _choose_batch(self, texts: list[str], options: Sequence[str]) -> list[Choice]:
-        """Score every option as the next tokens after each text; one forward pass per batch
-        when the options differ in a single final token (digits, A/B), else one per option."""
-        prefixes, option_tokens = [], []
-        for text in texts:
-            prefix, tokens = _split_options(self.tokenizer, text, options)
-            prefixes.append(prefix)
-            option_tokens.append(tokens)
-        if all(all(len(t) == 1 for t in tokens) for tokens in option_tokens):
-            logits = self._last_logits(prefixes)
+        """Score every option as the next tokens after each prompt; batches of prompts sorted by
+        their tokens, so that a shared prefix (a template's opening) is computed once a batch.
+        One forward pass per batch when the options differ in a single final token (digits,
+        A/B), else one per prompt and option."""
+        split = [_split_options(self.tokenizer, self.render(p), options) for p in prompts]
+        scores: list = [None] * len(prompts)
+        single = [k for k, (_, tokens) in enumerate(split) if all(len(t) == 1 for t in tokens)]
+        single.sort(key=lambda k: split[k][0])
+        for start in range(0, len(single), self.batch_size):
+            batch = single[start : start + self.batch_size]
+            logits = self._last_logits([split[k][0] for k in batch])
             logprobs = torch.log_softmax(logits.float(), dim=-1)
-            scores = [[logprobs[b, t[0]].item() for t in tokens] for b, tokens in enumerate(option_tokens)]
-        else:
-            scores = [
-                [self._sequence_logprob(p, t) for t in tokens]
-                for p, tokens in zip(prefixes, option_tokens)
-            ]
+            for b, k in enumerate(batch):
+                scores[k] = [logprobs[b, t[0]].item() for t in split[k][1]]
+        for k, (prefix, tokens) in enumerate(split):
+            if scores[k] is None:
+                scores[k] = [self._sequence_logprob(prefix, t) for t in tokens]
         return [
             Choice(option=options[max(range(len(options)), key=s.__getitem__)],
                    logprobs=dict(zip(options, s)))
             for s in scores
         ]
 
+    @torch.inference_mode()
     def _last_logits(self, prefixes: list[list[int]]) -> torch.Tensor:
-        inputs = self.tokenizer.pad({"input_ids": prefixes}, return_tensors="pt").to(self.device)
-        return self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
+        return self._prefill(prefixes)[1]
 
+    @torch.inference_mode()
     def _sequence_logprob(self, prefix: list[int], tokens: list[int]) -> float:
         ids = torch.tensor([prefix + tokens], device=self.device)
         logprobs = torch.log_softmax(self.model(input_ids=ids).logits[0].float(), dim=-1)
         positions = range(len(prefix) - 1, len(prefix) + len(tokens) - 1)
         return sum(logprobs[p, t].item() for p, t in zip(positions, tokens))
+
+
+@functools.lru_cache(maxsize=None)
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A KV-cache layer that writes new keys and values into spare room at the end of its
+        buffer, instead of concatenating (which copies the whole cache at every decoded token:
+        half of a judging step's time on a CPU). The room grows geometrically; selecting or
+        repeating rows (``batch_select_indices``) makes new tensors, and the next update gives
+        them a buffer again."""
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length = self.get_seq_length()
+            end = length + key_states.shape[-2]
+            buffers = getattr(self, "room", None)
+            if (buffers is None or end > buffers[0].shape[-2]
+                    or buffers[0].data_ptr() != self.keys.data_ptr()
+                    or buffers[0].shape[0] != key_states.shape[0]):
+                capacity = end + max(64, end // 2)
+                buffers = tuple(new.new_empty(*new.shape[:-2], capacity, new.shape[-1])
+                                for new in (key_states, value_states))
+                if length:
+                    buffers[0][..., :length, :] = self.keys
+                    buffers[1][..., :length, :] = self.values
+                self.room = buffers
+            buffers[0][..., length:end, :] = key_states
+            buffers[1][..., length:end, :] = value_states
+            self.keys, self.values = buffers[0][..., :end, :], buffers[1][..., :end, :]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+class PrefixNode(NamedTuple):
+    """A segment of tokens prefilled at one level, continuing row ``parent`` of the level above
+    (an empty segment carries a finished row through the levels below it)."""
+
+    parent: int
+    tokens: list[int]
+
+
+def prefix_levels(ids: Sequence[Sequence[int]], min_shared: int) -> tuple[list[list[PrefixNode]], list[int]]:
+    """Cut token sequences into a tree of shared prefixes, level by level.
+
+    Sequences are grouped where they share at least ``min_shared`` further tokens; a group's
+    common prefix becomes one node whose children continue it. Every sequence keeps at least
+    its last token for its own leaf, so its next-token logits come from its own row. Returns
+    the levels (level 0's parents are meaningless) and, for each sequence, its row in the last
+    level. Concatenating the segments along a path gives back each sequence exactly."""
+    ids = [list(t) for t in ids]
+    if any(not t for t in ids):
+        raise ValueError("prefix_levels: every sequence needs at least one token")
+
+    def lcp(a: list[int], b: list[int], start: int) -> int:
+        k = start
+        while k < len(a) and k < len(b) and a[k] == b[k]:
+            k += 1
+        return k - start
+
+    def build(rows: list[int], start: int) -> list[tuple]:
+        """Nodes (tokens, children | row) covering ``rows`` from token ``start`` on."""
+        if len(rows) == 1:
+            return [(ids[rows[0]][start:], rows[0])]
+        rows = sorted(rows, key=lambda r: ids[r][start:])
+        groups = [[rows[0]]]
+        for a, b in zip(rows, rows[1:]):
+            if lcp(ids[a], ids[b], start) >= min_shared:
+                groups[-1].append(b)
+            else:
+                groups.append([b])
+        nodes = []
+        for group in groups:
+            shared = min(lcp(ids[group[0]], ids[r], start) for r in group[1:]) if len(group) > 1 else 0
+            shared = min(shared, min(len(ids[r]) for r in group) - 1 - start)
+            if len(group) > 1 and shared >= min_shared:
+                nodes.append((ids[group[0]][start:start + shared], build(group, start + shared)))
+            else:
+                nodes += [(ids[r][start:], r) for r in group]
+        return nodes
+
+    levels: list[list[PrefixNode]] = []
+    frontier = [(0, node) for node in build(list(range(len(ids))), 0)]  # (parent, node)
+    while True:
+        levels.append([PrefixNode(parent, tokens) for parent, (tokens, _) in frontier])
+        if all(isinstance(rest, int) for _, (_, rest) in frontier):
+            break
+        below = []
+        for position, (_, (tokens, rest)) in enumerate(frontier):
+            if isinstance(rest, int):
+                below.append((position, ([], rest)))
+            else:
+                below += [(position, child) for child in rest]
+        frontier = below
+    final_rows = [0] * len(ids)
+    for position, (_, (_, row)) in enumerate(frontier):
+        final_rows[row] = position
+    return levels, final_rows
 
 
 def _split_options(tokenizer, text: str, options: Sequence[str]) -> tuple[list[int], list[list[int]]]:
@@ -253,13 +384,29 @@ def _generator(device: str, seed: int, prompt: int, sample: int) -> torch.Genera
     return g
 
 
+NUCLEUS_CANDIDATES = 256  # the most likely tokens searched first for the top-p nucleus
+
+
 def _sample(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Generator]) -> torch.Tensor:
-    """One token per row: greedy at temperature 0, else temperature + nucleus (top-p) sampling."""
+    """One token per row: greedy at temperature 0, else temperature + nucleus (top-p) sampling.
+
+    The nucleus is the smallest set of most likely tokens whose mass reaches ``top_p``: a token
+    is kept when the mass of the tokens before it is at most ``top_p``. It is looked for among
+    the ``NUCLEUS_CANDIDATES`` most likely tokens first, which is exact whenever their mass
+    exceeds ``top_p`` (every later token then starts past it); rows where it does not are
+    sorted in full. Sorting and drawing over 256 tokens instead of the whole vocabulary is a
+    fifth of a CPU judging step."""
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_probs, index = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > sampling.top_p
-        probs = torch.zeros_like(probs).scatter(-1, index, sorted_probs.masked_fill(outside, 0.0))
-    return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)])
+    if sampling.top_p >= 1.0:
+        return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)])
+    candidates, index = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
+    rows = []
+    for r, g in enumerate(generators):
+        p, i = candidates[r], index[r]
+        if p.sum() <= sampling.top_p:  # the nucleus may reach past the candidates
+            p, i = probs[r].sort(descending=True)
+        kept = p.masked_fill(p.cumsum(dim=-1) - p > sampling.top_p, 0.0)
+        rows.append(i[torch.multinomial(kept, 1, generator=g)[0]])
+    return torch.stack(rows)
