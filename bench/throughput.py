@@ -697,8 +697,15 @@ def ceiling_for(shape: dict, wl: dict, generated: int, batch: int, flops: float,
     mean_gen = G / max(rows, 1)
     mean_ctx = (sum(lens) / max(prompts, 1)) + mean_gen / 2
     body2, lm2 = 2 * shape["body_matmul_params"], 2 * shape["lm_head_params"]
-    # prefill once per prompt (the KV cache is shared by its n samples); logits of its last token only
-    prefill_flops = sum(body2 * n_tok + 2 * L * H * hd * n_tok * n_tok for n_tok in lens) + prompts * lm2
+    # prefill once per prompt (the KV cache is shared by its n samples), and every shared prefix
+    # (template opening, question, response) once for the whole workload, as a perfect prefix
+    # cache would; logits of each prompt's last token only
+    from metarewarding.backends.hf import prefix_levels
+
+    levels, _ = prefix_levels(wl["prompts"], 1) if lens else ([], [])
+    unique_tokens = sum(len(node.tokens) for level in levels for node in level)
+    prefill_flops = (body2 * unique_tokens + sum(2 * L * H * hd * n_tok * n_tok for n_tok in lens)
+                     + prompts * lm2)
     decode_flops = G * (body2 + lm2 + 4 * L * H * hd * mean_ctx)
     b_eff = max(1, min(batch, rows))
     weight_bytes = (shape["body_matmul_params"] + shape["lm_head_params"]) * dbytes
@@ -710,7 +717,8 @@ def ceiling_for(shape: dict, wl: dict, generated: int, batch: int, flops: float,
     step_decode = max(b_eff * (body2 + lm2 + 4 * L * H * hd * mean_ctx) / flops,
                       (weight_bytes + b_eff * kv_bytes_per_row_step) / bw)
     return {
-        "batch": b_eff, "mean_context": round(mean_ctx, 1), "prefill_tokens": sum(lens), "generated": G,
+        "batch": b_eff, "mean_context": round(mean_ctx, 1), "prefill_tokens": sum(lens),
+        "prefill_tokens_unique": unique_tokens, "generated": G,
         "prefill_gflop": round(prefill_flops / 1e9, 1), "decode_gflop": round(decode_flops / 1e9, 1),
         "decode_gbytes": round(decode_bytes / 1e9, 2), "t_compute_s": round(t_compute, 2),
         "t_memory_s": round(t_memory, 2), "bound": "compute" if t_compute >= t_memory else "memory",

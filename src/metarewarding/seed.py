@@ -13,6 +13,7 @@ Three kinds of source are accepted:
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 from pathlib import Path
@@ -64,12 +65,12 @@ def resolve_source(source: str) -> tuple[str, str | None]:
 
 def load_plain_model(folder: str, gguf_file: str | None, dtype: torch.dtype):
     """Load a causal LM as an ordinary (unquantised) transformers model."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if gguf_file is None:
         return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype)
-    config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+    config = copy.deepcopy(loaded.config)  # reading the GGUF file again would take seconds
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
