@@ -105,11 +105,16 @@ def score_completion_tokens_only() -> bool:
     return True
 
 
+def training_precision(settings: dict) -> str:
+    """The precision training with ``settings`` runs in on this machine's device."""
+    return resolve_precision(settings.get("precision", "auto"), "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def common_args(settings: dict, seed: int, output_dir: str, checkpoint_steps: int | None = None,
                 strategy: str = "none") -> dict:
     """TrainingArguments shared by DPO and SFT; ``settings["precision"]`` picks the precision."""
     cuda = torch.cuda.is_available()
-    precision = resolve_precision(settings.get("precision", "auto"), "cuda" if cuda else "cpu")
+    precision = training_precision(settings)
     return dict(
         output_dir=output_dir,
         learning_rate=settings["learning_rate"],
@@ -330,8 +335,7 @@ def run_training(kind: str, job: dict, out_dir: str, metrics_path: str, threads:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     metrics = {"stage": kind, **{k: v for k, v in counts.items() if k not in ("steps", "summary")},
                "settings": job["settings"], "seed": job["seed"], "distributed": distributed,
-               "precision": resolve_precision(job["settings"].get("precision", "auto"),
-                                              "cuda" if torch.cuda.is_available() else "cpu"),
+               "precision": training_precision(job["settings"]),
                "resumed_from": Path(resume).name if resume else None,
                "steps": counts.get("steps", []), "summary": counts.get("summary", {}),
                "seconds": round(time.perf_counter() - start, 3)}
