@@ -1,4 +1,4 @@
-"""The transformers backend: batched, left-padded generation with the model's chat template.
+"""The transformers backend: batched generation with the model's chat template.
 
 Prompts are sorted by their tokens and batched (``batch_size`` rows = prompts x samples);
 results come back in prompt order. A batch is prefilled as a tree of shared prefixes
