@@ -208,6 +208,11 @@ class Bench:
                 if r["contender"].startswith(contender_prefix) and r["work"] == work and not r["error"]]
 
 
+def compute_device(torch) -> str:
+    """Where the in-process contenders run: the GPU when there is one, as the project's backend does."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def torch_setup(threads: int):
     import torch
 
@@ -391,7 +396,7 @@ def section_naive(b: Bench) -> None:
     t0 = now()
     tok = AutoTokenizer.from_pretrained(b.model)
     model = AutoModelForCausalLM.from_pretrained(b.model, dtype=getattr(torch, b.backend_settings["dtype"]))
-    model.eval()
+    model.to(compute_device(torch)).eval()
     load_s = now() - t0
     eos = set(b.eos_ids)
     modes = ["loop", "nrs"] if b.args.naive_mode == "both" else [b.args.naive_mode]
@@ -401,12 +406,12 @@ def section_naive(b: Bench) -> None:
     def forced_logprobs(text: str, label: str, options: list[str]) -> list[float]:
         prefix, option_tokens = _split_options(tok, text + label, options)
         with torch.inference_mode():
-            logits = model(input_ids=torch.tensor([prefix]), logits_to_keep=1).logits[0, -1]
+            logits = model(input_ids=torch.tensor([prefix], device=model.device), logits_to_keep=1).logits[0, -1]
         logprobs = torch.log_softmax(logits.float(), -1)
         return [logprobs[t[0]].item() for t in option_tokens]
 
     with torch.inference_mode():  # warm-up
-        model.generate(input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False,
+        model.generate(input_ids=torch.tensor([[1, 2, 3]], device=model.device), max_new_tokens=2, do_sample=False,
                        pad_token_id=b.pad_id)
     for name in WORKLOADS:
         wl = b.workloads[name]
@@ -420,7 +425,7 @@ def section_naive(b: Bench) -> None:
             torch.manual_seed(wl["seed"])
             t0 = now()
             for text, ids in zip(wl["texts"][:items], wl["prompts"][:items]):
-                x = torch.tensor([ids])
+                x = torch.tensor([ids], device=model.device)
                 calls = [1] * wl["n"] if mode == "loop" else [wl["n"]]
                 for r in calls:
                     sample = wl["temperature"] > 0
@@ -467,7 +472,7 @@ def section_cb(b: Bench) -> None:
 
         t0 = now()
         model = AutoModelForCausalLM.from_pretrained(b.model, dtype=getattr(torch, b.backend_settings["dtype"]))
-        model.eval()
+        model.to(compute_device(torch)).eval()
         load_s = now() - t0
         info.update(load_s=load_s, transformers=transformers.__version__)
     except Exception as error:  # noqa: BLE001

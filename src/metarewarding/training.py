@@ -317,6 +317,7 @@ def run_training(kind: str, job: dict, out_dir: str, metrics_path: str, threads:
         resume = prepare_checkpoints(checkpoint_dir, fingerprint)
     if distributed["strategy"] != "none":
         processes = distributed["processes"] or max(int(gpus or 0), 1)
+        check_gpus_for(processes, distributed)
         counts = launch_distributed(kind, job, out_dir, distributed, processes, threads, checkpoint_dir,
                                     checkpoint_steps, resume)
     else:
@@ -376,6 +377,20 @@ def training_execution(config: dict, out_dir: str, stage: str, gpus) -> dict:
 
 
 # --- several processes ------------------------------------------------------------------------
+
+def check_gpus_for(processes: int, distributed: dict) -> None:
+    """Refuse, before anything starts, to put several processes on one GPU (NCCL fails then
+    with an obscure error after the model has loaded): one process per visible GPU."""
+    if not torch.cuda.is_available():
+        return  # processes on the CPU (gloo): any number
+    visible = torch.cuda.device_count()
+    if processes > visible:
+        source = ("training.distributed.processes" if distributed.get("processes")
+                  else "the job's GPU request (resources gpu)")
+        raise ValueError(f"{processes} training processes but {visible} visible GPU(s): {source} asks for more "
+                         "processes than GPUs; request as many GPUs as processes, or set "
+                         "training.distributed.processes to at most the visible GPUs")
+
 
 def accelerate_command(config_file: str, processes: int, port: int, spec_path: str) -> list[str]:
     """The ``accelerate launch`` command line that runs this module's worker in ``processes``."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 
 import pytest
 import torch
@@ -121,10 +123,14 @@ def test_checkpoints_of_other_inputs_are_discarded_not_resumed(tmp_path, tiny_mo
     assert not (ckpt / "checkpoint-7").exists() and "other inputs" in caplog.text
 
 
-def test_ddp_runs_two_processes_through_accelerate_launch(tmp_path, tiny_model):
+def test_ddp_runs_two_processes_through_accelerate_launch(tmp_path, tiny_model, monkeypatch):
     """The multi-GPU path on CPU: configs/accelerate/ddp.yaml under `accelerate launch` with two
     processes (torch.distributed with gloo when there is no CUDA); LoRA adapters are merged by
-    the main process and the calling process moves the model into place."""
+    the main process and the calling process moves the model into place. On a machine with a
+    GPU the GPUs are hidden, from the workers and from this process, so that it stays the CPU
+    path (two processes cannot share one GPU)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(8)])
     metrics = train_dpo(str(tmp_path / "pairs.jsonl"), str(tiny_model), DPO, 0, str(tmp_path / "out"),
                         str(tmp_path / "metrics.json"), threads=2,
@@ -139,7 +145,25 @@ def test_ddp_runs_two_processes_through_accelerate_launch(tmp_path, tiny_model):
     assert not list(tmp_path.glob(".out.*")), "no staging folder left behind"
 
 
-def test_a_failing_distributed_run_leaves_no_model(tmp_path, tiny_model):
+def test_more_processes_than_visible_gpus_is_refused_before_launch(tmp_path, tiny_model, monkeypatch):
+    """Two DDP processes on a machine that shows one GPU: a clear error naming the setting,
+    before accelerate starts (NCCL would fail later, after loading the model)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("accelerate launch started"))
+    write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(4)])
+    for distributed, gpus, named in [({"processes": 2}, 0, "training.distributed.processes"),
+                                     ({"processes": None}, 2, "resources gpu")]:
+        with pytest.raises(ValueError, match=re.escape(named)):
+            train_dpo(str(tmp_path / "pairs.jsonl"), str(tiny_model), DPO, 0, str(tmp_path / "out"),
+                      str(tmp_path / "metrics.json"),
+                      distributed={"strategy": "ddp", "accelerate_config": None, **distributed}, gpus=gpus)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_a_failing_distributed_run_leaves_no_model(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the CPU path, also on a one-GPU machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(4)])
     broken = tmp_path / "broken"  # a model folder without weights or tokenizer: the workers fail
     broken.mkdir()
