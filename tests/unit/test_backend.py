@@ -171,12 +171,33 @@ def test_nucleus_sampling_keeps_the_tokens_whose_preceding_mass_is_within_top_p(
 
     from metarewarding.backends import hf
 
-    monkeypatch.setattr(hf, "NUCLEUS_CANDIDATES", candidates)
     logits = torch.tensor([0.5, 0.3, 0.12, 0.08]).log().repeat(400, 1)
+    reference = hf._sample(logits, Sampling(1, 1.0, 0.85), [hf._generator("cpu", 7, i, 0) for i in range(400)])
+    monkeypatch.setattr(hf, "NUCLEUS_CANDIDATES", candidates)
     generators = [hf._generator("cpu", 7, i, 0) for i in range(400)]
     drawn = hf._sample(logits, Sampling(1, 1.0, 0.85), generators).tolist()
+    assert drawn == reference.tolist()  # the same draws, whichever path found the nucleus
     counts = [drawn.count(t) for t in range(4)]
     assert counts[3] == 0 and all(c > 0 for c in counts[:3])
     assert counts[0] / 400 == pytest.approx(0.5 / 0.92, abs=0.08)  # renormalised over the nucleus
     greedy = hf._sample(logits[:2], Sampling(1, 0.0), generators[:2]).tolist()
     assert greedy == [0, 0]
+
+
+def test_nucleus_draw_by_inverse_cdf_hand_worked():
+    """probs 0.5, 0.3, 0.12, 0.08 at top_p 0.85 keep tokens 0-2 (kept mass 0.92, cumulative
+    0.5, 0.8, 0.92). A uniform u picks the first token whose cumulative mass exceeds 0.92 u:
+    u 0 -> 0; 0.5 (0.46) -> 0; 0.6 (0.552) -> 1; 0.9 (0.828) -> 2; 0.99999 -> 2, never token 3.
+    Token ids come from ``index``, here the probabilities' order reversed."""
+    import torch
+
+    from metarewarding.backends.hf import _nucleus_draw
+
+    probs = torch.tensor([0.5, 0.3, 0.12, 0.08]).repeat(5, 1)
+    index = torch.tensor([13, 12, 11, 10]).repeat(5, 1)
+    uniforms = torch.tensor([0.0, 0.5, 0.6, 0.9, 0.99999])
+    assert _nucleus_draw(probs, index, 0.85, uniforms).tolist() == [13, 13, 12, 11, 11]
+    # top_p 1 keeps every token (cumulative 0.5, 0.8, 0.92, 1): token k takes the uniforms in
+    # [cumulative k-1, cumulative k), so 0.5 -> 1 and 0.99999 -> 3; top_p 0 keeps the first alone
+    assert _nucleus_draw(probs, index, 1.0, uniforms).tolist() == [13, 12, 12, 11, 10]
+    assert _nucleus_draw(probs, index, 0.0, uniforms).tolist() == [13] * 5
