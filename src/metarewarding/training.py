@@ -309,6 +309,9 @@ def run_training(kind: str, job: dict, out_dir: str, metrics_path: str, threads:
     distributed = {"strategy": "none", "processes": None, "accelerate_config": None, **(distributed or {})}
     if distributed["strategy"] not in STRATEGIES:
         raise ValueError(f"distributed.strategy: expected one of {STRATEGIES}, got {distributed['strategy']!r}")
+    processes = distributed["processes"] or max(int(gpus or 0), 1)
+    if distributed["strategy"] != "none":
+        check_gpus_for(processes, distributed)  # before checkpoints are looked at or anything loads
     start = time.perf_counter()
     resume = None
     if checkpoint_dir:  # hashing an 8B model's weights takes a minute: only when checkpoints are on
@@ -316,8 +319,6 @@ def run_training(kind: str, job: dict, out_dir: str, metrics_path: str, threads:
                                            job["seed"])
         resume = prepare_checkpoints(checkpoint_dir, fingerprint)
     if distributed["strategy"] != "none":
-        processes = distributed["processes"] or max(int(gpus or 0), 1)
-        check_gpus_for(processes, distributed)
         counts = launch_distributed(kind, job, out_dir, distributed, processes, threads, checkpoint_dir,
                                     checkpoint_steps, resume)
     else:
