@@ -396,8 +396,8 @@ def _sample(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Gen
     exceeds ``top_p`` (every later token then starts past it); rows where it does not are
     sorted in full. Each row draws one uniform number a step from its own generator and picks
     its token by inverse CDF (``_nucleus_draw``), all rows at once: a row's draw depends on its
-    stream alone, not on the batch, and the step needs no loop over rows (on a GPU such a loop,
-    with a sync per row, was most of a decode step)."""
+    stream alone, not on the batch, and the step needs no loop over rows nor a device sync per
+    row."""
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
