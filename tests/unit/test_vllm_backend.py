@@ -102,6 +102,16 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(report):
     assert greedy[0] == greedy[1]
 
 
+def test_prompts_beyond_one_engine_step_sample_seeded_on_cpu(report):
+    """30 prompts of ~220 tokens exceed one engine step (4096 tokens on CPU): with chunked
+    prefill, vLLM's CPU worker split a prefill and died rewinding the request's CPU generator
+    ("CPU Generator does not use offset"). The backend turns chunked prefill off on CPU."""
+    assert report["long_prompt_tokens"] > report["step_tokens"]
+    assert report["describe"]["enable_chunked_prefill"] is False
+    assert [len(cs) for cs in report["long"]] == [2] * 30
+    assert report["long_alone"] == report["long"][-1:]  # seeded by its index, alone or in the batch
+
+
 @pytest.mark.parametrize("name,method", [("score", "prompt_logprobs"),
                                          ("winner", "next_token_logprob_token_ids"),
                                          ("words", "prompt_logprobs")])

@@ -21,6 +21,7 @@ from metarewarding.backends import ChatPrompt, Sampling, load_backend, user_prom
 
 PROMPTS = [user_prompt("short"), user_prompt("a much longer prompt than the first one " * 3),
            user_prompt("mid size prompt", system="be brief")]
+LONG = [user_prompt(f"prompt {i}: " + "a much longer prompt than the first one " * 6) for i in range(30)]
 SCORE = ChatPrompt(user_prompt("grade this").messages, continuation="fine\nScore:")
 WINNER = ChatPrompt(user_prompt("which judgment").messages, continuation="B is better\nWinner: Judgment")
 # name -> (prompts, options); the words differ in several tokens (prompt log-probabilities)
@@ -55,6 +56,12 @@ def main(work: Path, eager: bool) -> None:
     run("seed1_alone", PROMPTS[:1], 4, Sampling(24, 0.9, 0.95), 1)
     # prompt 1 alone, called with its index in the first call (a stage's checkpoint chunk)
     run("seed1_chunk", PROMPTS[1:2], 4, Sampling(24, 0.9, 0.95), 1, indices=[1])
+    # more prompt tokens than one engine step takes (max_num_batched_tokens, 4096 on CPU):
+    # prefills spread over steps, still seeded and batch-independent
+    report["step_tokens"] = backend.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    report["long_prompt_tokens"] = sum(len(backend.encode(p)) for p in LONG)
+    run("long", LONG, 2, Sampling(8, 0.9, 0.95), 3)
+    run("long_alone", LONG[-1:], 2, Sampling(8, 0.9, 0.95), 3, indices=[len(LONG) - 1])
     run("cut", PROMPTS, 4, Sampling(1, 1.0, 1.0), 5)
     run("greedy", PROMPTS[:1], 2, Sampling(6, 0.0), 0)
     for name, (items, options) in CHOICES.items():

