@@ -146,7 +146,7 @@ class VLLMBackend:
             "choose_method": self.choose_method,
             "engine_start_seconds": self.engine_seconds,
             **({"cpu_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_CPU_")}}
-               if str(getattr(current_platform, "device_type", "")) == "cpu" else {}),
+               if _on_cpu() else {}),
         }
 
     def render(self, prompt: ChatPrompt) -> str:
