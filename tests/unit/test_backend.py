@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from metarewarding.backends import ChatPrompt, Sampling, load_backend, user_prompt
 from metarewarding.judging import sample_option, score_options
@@ -201,3 +202,76 @@ def test_nucleus_draw_by_inverse_cdf_hand_worked():
     # [cumulative k-1, cumulative k), so 0.5 -> 1 and 0.99999 -> 3; top_p 0 keeps the first alone
     assert _nucleus_draw(probs, index, 1.0, uniforms).tolist() == [13, 12, 12, 11, 10]
     assert _nucleus_draw(probs, index, 0.0, uniforms).tolist() == [13] * 5
+
+
+class _GqaModule(torch.nn.Module):
+    num_key_value_groups = 3
+    is_causal = True
+
+
+def _cache_views(batch, kv_heads, length, capacity, dim, dtype):
+    """Keys and values as ``GrowingLayer`` returns them: the first ``length`` positions of
+    zero-initialised [batch, kv_heads, capacity, dim] buffers."""
+    out = []
+    for _ in range(2):
+        buffer = torch.zeros(batch, kv_heads, capacity, dim, dtype=dtype)
+        buffer[:, :, :length] = torch.randn(batch, kv_heads, length, dim, dtype=dtype)
+        out.append(buffer[:, :, :length])
+    return out
+
+
+def test_grouped_decode_attention_matches_sdpa_on_cache_views():
+    """One query token, 9 query heads on 3 key/value heads, padding masked, keys and values as
+    views into larger cache buffers: the same output as transformers' sdpa function (float64,
+    so that only the order of the sums differs)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from metarewarding.backends.hf import grouped_decode_attention
+
+    torch.manual_seed(0)
+    module = _GqaModule()
+    key, value = _cache_views(4, 3, 11, 20, 8, torch.float64)
+    query = torch.randn(4, 1, 9, 8, dtype=torch.float64).transpose(1, 2)  # as the model makes it
+    mask = torch.ones(4, 1, 1, 11, dtype=torch.bool)
+    mask[0, ..., :3] = False  # left padding
+    mask[2, ..., 7] = False   # a stopped row's position
+    for attention_mask in (mask, None):
+        got, _ = grouped_decode_attention(module, query, key, value, attention_mask, scaling=0.3)
+        want, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=0.3)
+        assert got.shape == want.shape == (4, 1, 9, 8)
+        assert torch.allclose(got, want, atol=1e-12)
+    # several query tokens (prefill) are sdpa's own result
+    query = torch.randn(4, 9, 5, 8, dtype=torch.float64)
+    prefill_mask = torch.ones(4, 1, 5, 11, dtype=torch.bool).tril(diagonal=6)
+    got, _ = grouped_decode_attention(module, query, key, value, prefill_mask)
+    want, _ = sdpa_attention_forward(module, query, key, value, prefill_mask)
+    assert torch.equal(got, want)
+
+
+def test_whole_buffer_of_a_cache_view():
+    from metarewarding.backends.hf import _whole_buffer
+
+    buffer = torch.arange(2 * 3 * 5 * 4.0).reshape(2, 3, 5, 4)
+    assert _whole_buffer(buffer[:, :, :2]).shape == (2, 3, 5, 4)
+    assert torch.equal(_whole_buffer(buffer[:, :, :2]), buffer)
+    assert torch.equal(_whole_buffer(buffer[1:, :, :3]), buffer[1:])  # a later row's buffer
+    assert _whole_buffer(buffer) is buffer                      # already whole
+    for other in (buffer[:, 1:, :2], buffer[:, :, 1:3], buffer[:1, :, 1:3], buffer[..., :2], buffer.transpose(1, 2)):
+        assert _whole_buffer(other) is other                     # not a leading slice of one buffer
+
+
+def test_bfloat16_on_cpu_prepacks_linear_layers_with_identical_products(tiny_model):
+    """bfloat16 on a CPU: every linear layer runs on a prepacked copy of its weight, and the
+    logits are bit for bit those of the unchanged layers."""
+    from transformers import AutoModelForCausalLM
+
+    packed = load_backend({"name": "transformers", "batch_size": 4, "dtype": "bfloat16", "device": "cpu"},
+                          str(tiny_model))
+    if not packed.packed_linear_layers:
+        pytest.skip("this PyTorch build has no oneDNN bfloat16 linear kernels")
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.bfloat16).eval()
+    assert packed.packed_linear_layers == sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
+    assert packed.describe()["packed_linear_layers"] == packed.packed_linear_layers
+    ids = torch.tensor([packed.tokenizer(packed.render(p), add_special_tokens=False)["input_ids"][:6] for p in PROMPTS])
+    with torch.inference_mode():
+        assert torch.equal(packed.model(input_ids=ids).logits, plain(input_ids=ids).logits)
