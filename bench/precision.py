@@ -16,6 +16,12 @@ greedy    the prompts of ``iter1/prompts.jsonl``, greedy (96 new tokens, n=1): i
           outputs, mean common prefix (characters), and the mean per-token log-probability of
           the float32 greedy text (+ end-of-turn token when it stopped), teacher-forced in each
           dtype: does bfloat16 give the same text a similar likelihood?
+decode    the judge prompts again, their last ``--decode-tokens`` tokens (the judgment text) fed
+          one token a step through the backend's decode path (prefill of the rest, then the KV
+          cache, as sampling runs): argmax agreement of the next-token distributions, mean and
+          max |Δ| of the fed tokens' log-probabilities. ``--bf16-attention sdpa`` runs the
+          bfloat16 side on transformers' sdpa instead of the backend's grouped decode attention,
+          to see what that attention changes.
 time      wall seconds of every part per dtype; model load and a tiny warm-up apart.
 
     python bench/precision.py --run-dir /tmp/defaultrun
@@ -99,6 +105,31 @@ def build_inputs(args) -> dict:
 
 
 @torch.inference_mode()
+def decode_forced(backend: TransformersBackend, prompts: list, tail: int) -> list:
+    """Per prompt: [log-prob of the fed token, argmax] for each of its last ``tail`` tokens, fed
+    one a step through the backend's decode path after a prefill of the rest."""
+    ids = backend._encode_all(prompts)
+    out = []
+    for start in range(0, len(ids), backend.batch_size):
+        batch = ids[start : start + backend.batch_size]
+        cut = [min(tail, len(x) - 1) for x in batch]
+        width = min(cut)
+        cache, logits, mask, next_pos = backend._prefill([x[: len(x) - width] for x in batch])
+        rows = [[] for _ in batch]
+        for step in range(width):
+            token = torch.tensor([x[len(x) - width + step] for x in batch], device=backend.device)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            picked = logprobs.gather(-1, token[:, None])[:, 0].tolist()
+            for row, lp, top in zip(rows, picked, logprobs.argmax(-1).tolist()):
+                row.append([lp, top])
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = backend._forward(cache, token[:, None], mask, next_pos)
+            next_pos = next_pos + 1
+        out.extend(rows)
+    return out
+
+
+@torch.inference_mode()
 def teacher_forced(backend: TransformersBackend, targets: list) -> list:
     """Mean log-probability per completion token of every (prompt ids, completion ids)."""
     means = []
@@ -115,6 +146,9 @@ def run_dtype(args, dtype: str, inputs: dict, targets: list | None) -> dict:
     seconds = {}
     t0 = now()
     backend = TransformersBackend(args.model, batch_size=args.batch_size, dtype=dtype, threads=args.threads)
+    if dtype == "bfloat16" and args.bf16_attention == "sdpa":
+        backend.model.set_attn_implementation("sdpa")
+        backend.attention = "sdpa"
     seconds["load"] = now() - t0
     t0 = now()
     backend.generate([user_prompt("Hello")], 1, Sampling(2, 0.0, 1.0), seed=0)  # one-time costs
@@ -131,6 +165,10 @@ def run_dtype(args, dtype: str, inputs: dict, targets: list | None) -> dict:
     seconds["greedy"] = now() - t0
     out["greedy"] = [c.text for c in completions]
     log(f"{dtype}: greedy, {len(completions)} prompts in {seconds['greedy']:.1f} s")
+    t0 = now()
+    out["decode"] = decode_forced(backend, inputs["judge"], args.decode_tokens)
+    seconds["decode"] = now() - t0
+    log(f"{dtype}: decode, {sum(map(len, out['decode']))} tokens in {seconds['decode']:.1f} s")
     if targets is None:
         tok = backend.tokenizer
         targets = [(tok(backend.render(p), add_special_tokens=False)["input_ids"],
@@ -207,7 +245,12 @@ def compare(inputs: dict, a: dict, b: dict) -> dict:
               "f32_text_logprob_per_token_f32": mean([x for x, _ in tf]),
               "f32_text_logprob_per_token_bf16": mean([y for _, y in tf]),
               "logprob_per_token_mean_abs_diff": mean([abs(x - y) for x, y in tf])}
-    return {"judge": judge, "meta": meta, "greedy": greedy}
+    fed = [(x, y) for ra, rb in zip(a["decode"], b["decode"]) for x, y in zip(ra, rb)]
+    decode = {"tokens": len(fed), "argmax_agree": mean([x[1] == y[1] for x, y in fed]),
+              "logprob_mean_abs_diff": mean([abs(x[0] - y[0]) for x, y in fed]),
+              "logprob_max_abs_diff": round(max(abs(x[0] - y[0]) for x, y in fed), 4) if fed else None,
+              "attention_bf16": b["backend"].get("attention")}
+    return {"judge": judge, "meta": meta, "greedy": greedy, "decode": decode}
 
 
 ROWS = [("judge: forced scores compared", "judge", "records"), ("judge: argmax agreement", "judge", "argmax_agree"),
@@ -223,7 +266,10 @@ ROWS = [("judge: forced scores compared", "judge", "records"), ("judge: argmax a
         ("greedy: mean common prefix / f32 length (chars)", "greedy", "common_prefix_chars_mean f32_chars_mean"),
         ("greedy: f32 text log-prob per token, f32 / bf16 / tokens", "greedy",
          "f32_text_logprob_per_token_f32 f32_text_logprob_per_token_bf16 f32_text_tokens"),
-        ("greedy: per-text log-prob per token, mean abs diff", "greedy", "logprob_per_token_mean_abs_diff")]
+        ("greedy: per-text log-prob per token, mean abs diff", "greedy", "logprob_per_token_mean_abs_diff"),
+        ("decode: tokens fed / bf16 attention", "decode", "tokens attention_bf16"),
+        ("decode: next-token argmax agreement", "decode", "argmax_agree"),
+        ("decode: fed token log-prob mean / max abs diff", "decode", "logprob_mean_abs_diff logprob_max_abs_diff")]
 
 
 def render(report: dict) -> str:
@@ -247,6 +293,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (all CPUs)")
     p.add_argument("--batch-size", type=int, default=32, help="backend batch size (config.yaml's)")
     p.add_argument("--max-new-tokens", type=int, default=96, help="greedy generation budget")
+    p.add_argument("--decode-tokens", type=int, default=48, help="tokens fed through the decode path per judge prompt")
+    p.add_argument("--bf16-attention", choices=("backend", "sdpa"), default="backend",
+                   help="bfloat16 side: the backend's own attention, or transformers' sdpa")
     p.add_argument("--limit", type=int, default=None, help="at most this many records/prompts per part (smoke)")
     p.add_argument("--out", default=str(REPO / "bench" / "precision.json"), help="JSON output")
     args = p.parse_args(argv)
