@@ -220,13 +220,13 @@ def _cache_views(batch, kv_heads, length, capacity, dim, dtype):
     return out
 
 
-def test_grouped_decode_attention_matches_sdpa_on_cache_views():
-    """One query token, 9 query heads on 3 key/value heads, padding masked, keys and values as
-    views into larger cache buffers: the same output as transformers' sdpa function (float64,
-    so that only the order of the sums differs)."""
+def test_grouped_attention_matches_sdpa_on_cache_views():
+    """9 query heads on 3 key/value heads, padding masked, keys and values as views into larger
+    cache buffers, one query token (decoding) or several (prefill): the same output as
+    transformers' sdpa function (float64, so that only the order of the sums differs)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from metarewarding.backends.hf import grouped_decode_attention
+    from metarewarding.backends.hf import grouped_attention
 
     torch.manual_seed(0)
     module = _GqaModule()
@@ -236,16 +236,21 @@ def test_grouped_decode_attention_matches_sdpa_on_cache_views():
     mask[0, ..., :3] = False  # left padding
     mask[2, ..., 7] = False   # a stopped row's position
     for attention_mask in (mask, None):
-        got, _ = grouped_decode_attention(module, query, key, value, attention_mask, scaling=0.3)
+        got, _ = grouped_attention(module, query, key, value, attention_mask, scaling=0.3)
         want, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=0.3)
         assert got.shape == want.shape == (4, 1, 9, 8)
         assert torch.allclose(got, want, atol=1e-12)
-    # several query tokens (prefill) are sdpa's own result
-    query = torch.randn(4, 9, 5, 8, dtype=torch.float64)
+    # several query tokens (a prefill level continuing the cache): stacked queries, same result
+    query = torch.randn(4, 5, 9, 8, dtype=torch.float64).transpose(1, 2)
     prefill_mask = torch.ones(4, 1, 5, 11, dtype=torch.bool).tril(diagonal=6)
-    got, _ = grouped_decode_attention(module, query, key, value, prefill_mask)
+    prefill_mask[0, ..., :3] = False
+    got, _ = grouped_attention(module, query, key, value, prefill_mask)
     want, _ = sdpa_attention_forward(module, query, key, value, prefill_mask)
-    assert torch.equal(got, want)
+    assert got.shape == want.shape == (4, 5, 9, 8)
+    assert torch.allclose(got, want, atol=1e-12)
+    # without a mask, transformers' own function decides (causal, or a cropped key)
+    got, _ = grouped_attention(module, query, key[:, :, :5], value[:, :, :5], None)
+    assert torch.equal(got, sdpa_attention_forward(module, query, key[:, :, :5], value[:, :, :5], None)[0])
 
 
 def test_whole_buffer_of_a_cache_view():

@@ -65,7 +65,7 @@ class TransformersBackend:
         ).to(self.device)
         self.model.eval()
         on_cpu = torch.device(self.device).type == "cpu"
-        self.attention = _use_grouped_decode_attention(self.model) if on_cpu else self.model.config._attn_implementation
+        self.attention = _use_grouped_attention(self.model) if on_cpu else self.model.config._attn_implementation
         self.packed_linear_layers = _prepack_linears(self.model, batch_size) if on_cpu else 0
         self.eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
 
@@ -328,36 +328,45 @@ def _packed_linear(weight, bias, x):
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-GROUPED_DECODE = "metarewarding_grouped_decode"
+GROUPED = "metarewarding_grouped"
 
 
-def grouped_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                             **kwargs):
-    """Attention of one new token per row against the KV cache, one matrix product per key/value
-    head for all the query heads that share it (grouped-query attention), with the softmax in
-    float32. Anything else (prefill, several query tokens, dropout, extra biases) goes to
-    transformers' sdpa function.
+def grouped_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' sdpa attention, with the query heads that share a key/value head
+    (grouped-query attention) stacked on that head instead of copying keys and values to every
+    query head (transformers' ``repeat_kv``, for masked prefills).
 
-    Why: on a CPU, PyTorch's fused attention kernel pays a fixed cost per (row, head) block, which
-    for a single query token dwarfs the work: 3.1 ms per layer for 32 rows x 450 cached tokens in
-    bfloat16 on this project's 2-core CPU, against 0.6 ms for these two matrix products. The
-    query-key products come out rounded to the model's dtype before the softmax (the fused kernel
-    keeps them in float32); ``bench/precision.py --part decode`` measures what that costs."""
+    - One query token (decoding): two matrix products per key/value head over the KV cache's
+      whole buffer, softmax in float32. On a CPU, PyTorch's fused kernel pays a fixed cost per
+      (row, head) block that dwarfs a single token's work: at 32 rows x 400 cached tokens in
+      bfloat16 on this project's 2-core CPU, 2.0-2.7 ms a layer against 1.3-2.0 ms here. The
+      query-key products come out rounded to the model's dtype before the softmax, where the
+      fused kernel keeps float32 (``bench/precision.py``'s decode part measures what it costs).
+    - Several query tokens with a mask (prefill): sdpa's own kernel on the stacked queries, the
+      mask repeated for them: the same results without the copies, and a larger block per call.
+    - Anything else (no mask, dropout, extra biases, windows): transformers' sdpa function."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     batch, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
-    if (q_len != 1 or dropout or heads % kv_heads or kwargs.get("output_attentions")
+    group = heads // kv_heads
+    if (dropout or heads % kv_heads or group == 1 or kwargs.get("output_attentions")
             or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
-            or kwargs.get("sliding_window") or kwargs.get("s_aux") is not None):
+            or kwargs.get("sliding_window") or kwargs.get("s_aux") is not None
+            or (q_len > 1 and (attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[1] != 1))):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
+    if q_len > 1:
+        stacked = query.reshape(batch, kv_heads, group * q_len, dim)
+        mask = attention_mask.repeat(1, 1, group, 1)
+        out = torch.nn.functional.scaled_dot_product_attention(stacked, key, value, attn_mask=mask, scale=scaling)
+        return out.reshape(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
     scale = dim ** -0.5 if scaling is None else scaling
     length = key.shape[2]
     # the products run over the cache's whole buffer (``GrowingLayer``: zeros past the filled
     # length), which is contiguous, where the filled slice is not and would be copied first
     key, value = _whole_buffer(key), _whole_buffer(value)
-    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    grouped = query.reshape(batch, kv_heads, group, dim)
     softmax_dtype = torch.promote_types(query.dtype, torch.float32)
     scores = torch.matmul(grouped, key.transpose(-1, -2))[..., :length].to(softmax_dtype).mul_(scale)
     if attention_mask is not None:
@@ -387,20 +396,19 @@ def _whole_buffer(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided((batch, heads, capacity, dim), stride)
 
 
-def _use_grouped_decode_attention(model) -> str:
-    """Switch a model that runs transformers' sdpa attention to ``grouped_decode_attention``
-    (same masks, sdpa for everything but single-token decoding). Returns the implementation the
-    model runs."""
+def _use_grouped_attention(model) -> str:
+    """Switch a model that runs transformers' sdpa attention to ``grouped_attention`` (the same
+    masks). Returns the implementation the model runs."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     current = getattr(model.config, "_attn_implementation", None)
     if current != "sdpa":
         return str(current)
-    AttentionInterface.register(GROUPED_DECODE, grouped_decode_attention)
-    AttentionMaskInterface.register(GROUPED_DECODE, sdpa_mask)
-    model.set_attn_implementation(GROUPED_DECODE)
-    return GROUPED_DECODE
+    AttentionInterface.register(GROUPED, grouped_attention)
+    AttentionMaskInterface.register(GROUPED, sdpa_mask)
+    model.set_attn_implementation(GROUPED)
+    return GROUPED
 
 
 class PrefixNode(NamedTuple):
