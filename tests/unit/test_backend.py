@@ -220,37 +220,47 @@ def _cache_views(batch, kv_heads, length, capacity, dim, dtype):
     return out
 
 
-def test_grouped_attention_matches_sdpa_on_cache_views():
-    """9 query heads on 3 key/value heads, padding masked, keys and values as views into larger
-    cache buffers, one query token (decoding) or several (prefill): the same output as
-    transformers' sdpa function (float64, so that only the order of the sums differs)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+@pytest.mark.parametrize("heads,kv_heads", [(9, 3), (3, 3)])
+def test_grouped_attention_matches_sdpa_on_cache_views(heads, kv_heads, monkeypatch):
+    """9 query heads on 3 key/value heads (and 3 on 3), padding masked, keys and values as
+    views into larger cache buffers, one query token (decoding) or several (prefill): the same
+    output as transformers' sdpa function (float64, so that only the order of the sums differs),
+    computed without it where the grouped paths apply."""
+    import transformers.integrations.sdpa_attention as sdpa_module
 
     from metarewarding.backends.hf import grouped_attention
 
+    sdpa_attention_forward = sdpa_module.sdpa_attention_forward
+    fallbacks = []
+    monkeypatch.setattr(sdpa_module, "sdpa_attention_forward",
+                        lambda *args, **kwargs: fallbacks.append(args[1].shape) or sdpa_attention_forward(*args, **kwargs))
     torch.manual_seed(0)
     module = _GqaModule()
-    key, value = _cache_views(4, 3, 11, 20, 8, torch.float64)
-    query = torch.randn(4, 1, 9, 8, dtype=torch.float64).transpose(1, 2)  # as the model makes it
+    module.num_key_value_groups = heads // kv_heads
+    key, value = _cache_views(4, kv_heads, 11, 20, 8, torch.float64)
+    query = torch.randn(4, 1, heads, 8, dtype=torch.float64).transpose(1, 2)  # as the model makes it
     mask = torch.ones(4, 1, 1, 11, dtype=torch.bool)
     mask[0, ..., :3] = False  # left padding
     mask[2, ..., 7] = False   # a stopped row's position
     for attention_mask in (mask, None):
         got, _ = grouped_attention(module, query, key, value, attention_mask, scaling=0.3)
         want, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=0.3)
-        assert got.shape == want.shape == (4, 1, 9, 8)
+        assert got.shape == want.shape == (4, 1, heads, 8)
         assert torch.allclose(got, want, atol=1e-12)
     # several query tokens (a prefill level continuing the cache): stacked queries, same result
-    query = torch.randn(4, 5, 9, 8, dtype=torch.float64).transpose(1, 2)
+    query = torch.randn(4, 5, heads, 8, dtype=torch.float64).transpose(1, 2)
     prefill_mask = torch.ones(4, 1, 5, 11, dtype=torch.bool).tril(diagonal=6)
     prefill_mask[0, ..., :3] = False
     got, _ = grouped_attention(module, query, key, value, prefill_mask)
     want, _ = sdpa_attention_forward(module, query, key, value, prefill_mask)
-    assert got.shape == want.shape == (4, 5, 9, 8)
+    assert got.shape == want.shape == (4, 5, heads, 8)
     assert torch.allclose(got, want, atol=1e-12)
+    # decoding always took the grouped path; a prefill did where heads are grouped
+    assert fallbacks == ([] if heads > kv_heads else [query.shape])
     # without a mask, transformers' own function decides (causal, or a cropped key)
     got, _ = grouped_attention(module, query, key[:, :, :5], value[:, :, :5], None)
     assert torch.equal(got, sdpa_attention_forward(module, query, key[:, :, :5], value[:, :, :5], None)[0])
+    assert fallbacks[-1] == query.shape
 
 
 def test_whole_buffer_of_a_cache_view():

@@ -344,16 +344,19 @@ def grouped_attention(module, query, key, value, attention_mask, dropout=0.0, sc
       fused kernel keeps float32 (``bench/precision.py``'s decode part measures what it costs).
     - Several query tokens with a mask (prefill): sdpa's own kernel on the stacked queries, the
       mask repeated for them: the same results without the copies, and a larger block per call.
-    - Anything else (no mask, dropout, extra biases, windows): transformers' sdpa function."""
+    - Anything else (a prefill without a mask or without grouped heads, a mask per head, dropout,
+      extra biases, windows): transformers' sdpa function."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     batch, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
-    if (dropout or heads % kv_heads or group == 1 or kwargs.get("output_attentions")
+    shared_mask = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1] == 1
+    if (dropout or heads % kv_heads or kwargs.get("output_attentions")
             or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
             or kwargs.get("sliding_window") or kwargs.get("s_aux") is not None
-            or (q_len > 1 and (attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[1] != 1))):
+            or (attention_mask is not None and not shared_mask)
+            or (q_len > 1 and (group == 1 or not shared_mask))):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     if q_len > 1:
