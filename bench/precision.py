@@ -112,8 +112,7 @@ def decode_forced(backend: TransformersBackend, prompts: list, tail: int) -> lis
     out = []
     for start in range(0, len(ids), backend.batch_size):
         batch = ids[start : start + backend.batch_size]
-        cut = [min(tail, len(x) - 1) for x in batch]
-        width = min(cut)
+        width = min(min(tail, len(x) - 1) for x in batch)
         cache, logits, mask, next_pos = backend._prefill([x[: len(x) - width] for x in batch])
         rows = [[] for _ in batch]
         for step in range(width):
@@ -291,7 +290,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model folder (default: RUN_DIR/results/iter0/model)")
     p.add_argument("--templates", default=str(REPO / "data" / "templates"), help="holds judge.txt, meta_judge.txt")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (all CPUs)")
-    p.add_argument("--batch-size", type=int, default=32, help="backend batch size (config.yaml's)")
+    p.add_argument("--batch-size", type=int, default=128, help="backend batch size (config.yaml's)")
     p.add_argument("--max-new-tokens", type=int, default=96, help="greedy generation budget")
     p.add_argument("--decode-tokens", type=int, default=48, help="tokens fed through the decode path per judge prompt")
     p.add_argument("--bf16-attention", choices=("backend", "sdpa"), default="backend",

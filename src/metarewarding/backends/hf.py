@@ -308,13 +308,13 @@ def _prepack_linears(model, rows: int) -> int:
             or next(model.parameters()).dtype != torch.bfloat16):
         return 0
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not layers:
+        return 0
     with torch.inference_mode():
         try:
             packed = [mkldnn._reorder_linear_weight(m.weight.detach(), rows) for m in layers]
-            probe = torch.randn(3, 2, layers[0].in_features, dtype=torch.bfloat16) if layers else None
-            if probe is not None and not torch.equal(
-                    mkldnn._linear_pointwise(probe, packed[0], layers[0].bias, "none", [], ""),
-                    torch.nn.functional.linear(probe, layers[0].weight, layers[0].bias)):
+            probe = torch.randn(3, 2, layers[0].in_features, dtype=torch.bfloat16)
+            if not torch.equal(_packed_linear(packed[0], layers[0].bias, probe), layers[0](probe)):
                 return 0
         except RuntimeError as error:  # an oneDNN build without these ops' bfloat16 kernels
             log.info("linear weights not prepacked: %s", error)
