@@ -18,7 +18,7 @@ greedy    the prompts of ``iter1/prompts.jsonl``, greedy (96 new tokens, n=1): i
           dtype: does bfloat16 give the same text a similar likelihood?
 decode    the judge prompts again, their last ``--decode-tokens`` tokens (the judgment text) fed
           one token a step through the backend's decode path (prefill of the rest, then the KV
-          cache, as sampling runs): argmax agreement of the next-token distributions, mean and
+          cache, shared prompt levels kept once as sampling keeps them): argmax agreement of the next-token distributions, mean and
           max |Δ| of the fed tokens' log-probabilities. ``--bf16-attention sdpa`` runs the
           bfloat16 side on transformers' sdpa instead of the backend's grouped decode attention,
           to see what that attention changes.
@@ -51,7 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from metarewarding.backends.base import ChatPrompt, Sampling, user_prompt  # noqa: E402
-from metarewarding.backends.hf import TransformersBackend  # noqa: E402
+from metarewarding.backends.hf import GROUPED, TransformersBackend  # noqa: E402
 from metarewarding.judging import SCORE_LABEL, score_options  # noqa: E402
 from metarewarding.meta_judging import WINNER_LABEL, WINNER_OPTIONS  # noqa: E402
 from metarewarding.records import read_jsonl  # noqa: E402
@@ -113,7 +113,8 @@ def decode_forced(backend: TransformersBackend, prompts: list, tail: int) -> lis
     for start in range(0, len(ids), backend.batch_size):
         batch = ids[start : start + backend.batch_size]
         width = min(min(tail, len(x) - 1) for x in batch)
-        cache, logits, mask, next_pos = backend._prefill([x[: len(x) - width] for x in batch])
+        cache, logits, mask, next_pos = backend._prefill([x[: len(x) - width] for x in batch],
+                                                         shared=backend.attention == GROUPED)
         rows = [[] for _ in batch]
         for step in range(width):
             token = torch.tensor([x[len(x) - width + step] for x in batch], device=backend.device)

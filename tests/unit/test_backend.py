@@ -290,3 +290,96 @@ def test_bfloat16_on_cpu_prepacks_linear_layers_with_identical_products(tiny_mod
     ids = torch.tensor([packed.tokenizer(packed.render(p), add_special_tokens=False)["input_ids"][:6] for p in PROMPTS])
     with torch.inference_mode():
         assert torch.equal(packed.model(input_ids=ids).logits, plain(input_ids=ids).logits)
+
+
+def test_row_layout_hand_worked():
+    """Rows 0..4 continue nodes [1, 0, 1, 2, 0]: node 0 has rows 1 and 4, node 1 rows 0 and 2,
+    node 2 row 3 and an empty slot."""
+    from metarewarding.backends.hf import RowLayout
+
+    layout = RowLayout([1, 0, 1, 2, 0], 3, "cpu")
+    assert (layout.per_node, layout.in_order, layout.full) == (2, False, False)
+    assert layout.slots.tolist() == [1, 4, 0, 2, 3, 5] and layout.flat.tolist() == [2, 0, 3, 4, 1]
+    rows = torch.arange(1.0, 6.0).reshape(5, 1, 1, 1)  # row r holds r + 1
+    nodes = layout.to_nodes(rows)
+    assert nodes.shape == (3, 1, 2, 1) and nodes.flatten().tolist() == [2, 5, 1, 3, 4, 0]
+    back = torch.zeros(5, 1, 1, 1)
+    layout.copy_to_rows(back, nodes)
+    assert torch.equal(back, rows)
+    layout.add_to_rows(back, nodes)
+    assert torch.equal(back, 2 * rows)
+    grouped = RowLayout([0, 0, 1, 1], 2, "cpu")
+    assert (grouped.per_node, grouped.in_order, grouped.full) == (2, True, True)
+    assert grouped.to_nodes(torch.arange(4.0).reshape(4, 1, 1, 1)).flatten().tolist() == [0, 1, 2, 3]
+
+
+def test_shared_prefix_attention_matches_attention_over_every_rows_keys(monkeypatch):
+    """Keys shared by several rows (one segment for all 5 rows, one with 3 nodes whose rows
+    are not in order), then each row's own keys in a cache buffer: the same output as sdpa over
+    every row's whole keys (float64), for one new token and for two, with and without masks.
+    A mask per head falls back to sdpa on the materialized keys."""
+    import transformers.integrations.sdpa_attention as sdpa_module
+
+    from metarewarding.backends.hf import RowLayout, SharedSegment, grouped_attention
+
+    sdpa_attention_forward = sdpa_module.sdpa_attention_forward
+    fallbacks = []
+    monkeypatch.setattr(sdpa_module, "sdpa_attention_forward",
+                        lambda *args, **kwargs: fallbacks.append(args[1].shape) or sdpa_attention_forward(*args, **kwargs))
+    torch.manual_seed(1)
+    rows, heads, kv_heads, dim = 5, 6, 2, 8
+    module = _GqaModule()
+    module.num_key_value_groups = heads // kv_heads
+    row_nodes = [[0] * rows, [1, 0, 1, 2, 0]]
+    segments = tuple(SharedSegment(torch.randn(nodes, kv_heads, width, dim, dtype=torch.float64),
+                                   torch.randn(nodes, kv_heads, width, dim, dtype=torch.float64),
+                                   RowLayout(row_node, nodes, "cpu"))
+                     for nodes, width, row_node in [(1, 6, row_nodes[0]), (3, 4, row_nodes[1])])
+    for q_len in (1, 2):
+        own_key, own_value = _cache_views(rows, kv_heads, 3, 7, dim, torch.float64)
+        whole_key = torch.cat([s.keys[row_node] for s, row_node in zip(segments, row_nodes)] + [own_key], dim=2)
+        whole_value = torch.cat([s.values[row_node] for s, row_node in zip(segments, row_nodes)] + [own_value], dim=2)
+        own_key = own_key.view_as(own_key)
+        own_key.shared_prefix = segments
+        query = torch.randn(rows, q_len, heads, dim, dtype=torch.float64).transpose(1, 2)
+        mask = torch.ones(rows, 1, q_len, 13, dtype=torch.bool).tril(diagonal=13 - q_len)
+        mask[0, ..., :2] = False   # padding in the first segment
+        mask[3, ..., 7] = False    # and in the second
+        mask[1, ..., 11] = False   # a stopped row's own position
+        for attention_mask in (mask, torch.zeros(mask.shape, dtype=torch.float64).masked_fill_(~mask, -1e9), None):
+            if attention_mask is None and q_len > 1:
+                continue  # without a mask, several new tokens would see each other's future
+            got, _ = grouped_attention(module, query, own_key, own_value, attention_mask, scaling=0.3)
+            want, _ = sdpa_attention_forward(module, query, whole_key, whole_value, attention_mask, scaling=0.3)
+            assert got.shape == want.shape == (rows, q_len, heads, dim)
+            assert torch.allclose(got, want, atol=1e-12)
+        assert fallbacks == []
+        per_head = mask.expand(rows, heads, q_len, 13)
+        got, _ = grouped_attention(module, query, own_key, own_value, per_head, scaling=0.3)
+        assert fallbacks.pop() == query.shape
+        assert torch.allclose(got, sdpa_attention_forward(module, query, whole_key, whole_value, per_head, scaling=0.3)[0],
+                              atol=1e-12)
+
+
+@pytest.mark.parametrize("min_keys", [0, 200, 500])
+def test_decoding_over_shared_prompts_matches_a_copy_per_row(tiny_model, min_keys, monkeypatch):
+    """The shared-prefix decoding cache (levels kept: all of them, the first two, the first
+    only; the rest copied below) samples the same completions and scores the same forced line
+    as a cache with a copy of every key per row, and takes the shared path."""
+    import metarewarding.backends.hf as hf
+
+    backend = load_backend({"name": "transformers", "batch_size": 10}, str(tiny_model))
+    options = score_options(0, 5)
+    calls = []
+    shared_attention = hf._shared_prefix_attention
+    monkeypatch.setattr(hf, "_shared_prefix_attention", lambda *a: calls.append(len(a[-1])) or shared_attention(*a))
+    monkeypatch.setattr(hf, "SHARED_KEYS_MIN", 10**9)
+    want = backend.generate_forced(SHARED, 2, Sampling(10, 0.8, 0.95), 5, "\nScore:", options)
+    assert calls == []
+    monkeypatch.setattr(hf, "SHARED_KEYS_MIN", min_keys)
+    got = backend.generate_forced(SHARED, 2, Sampling(10, 0.8, 0.95), 5, "\nScore:", options)
+    assert set(calls) == {{0: 3, 200: 2, 500: 1}[min_keys]}  # segments kept in the one batch
+    for row_got, row_want in zip(got, want):
+        for (completion, scores), (completion_want, scores_want) in zip(row_got, row_want):
+            assert completion == completion_want
+            assert scores == pytest.approx(scores_want, abs=1e-5)

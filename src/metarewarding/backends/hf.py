@@ -6,8 +6,10 @@ results come back in prompt order. A batch is prefilled as a tree of shared pref
 question once for all its responses, a question and response once for all the meta-judge
 comparisons of their judgments; the KV cache of a prefix is copied to the rows that continue
 it, and padding sits between segments (masked, with the positions of the real tokens), so
-each row sees exactly its own tokens. Each prompt is prefilled once and its KV cache repeated
-for its n samples. Every (prompt, sample) row draws from its own seeded
+each row sees exactly its own tokens. Each prompt is prefilled once for its n samples. On a
+CPU, decoding keeps the large shared levels once (``_shared_prefix_cache``): the template's
+opening is read once a step for the whole batch, a prompt once for its n samples, instead of
+once per row. Every (prompt, sample) row draws from its own seeded
 random generator, keyed by the prompt's index in the stage (``indices``), so the batch or the
 call a prompt lands in does not change the random stream it sees (the floating-point results
 of a batch can still differ in the last bits with its padding; ``batches`` tells a stage which
@@ -142,17 +144,19 @@ class TransformersBackend:
         return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                           cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
-    def _prefill(self, ids: list[list[int]], repeat: int = 1):
+    def _prefill(self, ids: list[list[int]], repeat: int = 1, shared: bool = False):
         """Run the prompts ``ids`` through the model, each shared prefix once (``prefix_levels``).
 
         Returns the KV cache with ``repeat`` rows per prompt (in prompt order), the logits after
         each prompt's last token, the attention mask over the cache and the position of each
-        row's next token."""
+        row's next token. With ``shared``, the cache keeps each level's keys and values once
+        for the rows that share them (``_shared_prefix_cache``) instead of a copy per row."""
         from transformers.cache_utils import Cache
 
         cache = Cache(layer_class_to_replicate=_growing_layer_class())
         mask = next_pos = logits = None
         levels, final_rows = prefix_levels(ids, self.min_shared_prefix)
+        segments: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
         for level in levels:
             if mask is not None:
                 parents = torch.tensor([node.parent for node in level], device=self.device)
@@ -168,11 +172,17 @@ class TransformersBackend:
             positions = (base + seg_mask.cumsum(-1) - 1).clamp(min=0)
             mask = seg_mask if mask is None else torch.cat([mask, seg_mask], dim=1)
             level_logits = self._forward(cache, segment, mask, positions)
+            if shared:
+                segments.append([(layer.keys[..., -width:, :].contiguous(), layer.values[..., -width:, :].contiguous())
+                                 for layer in cache.layers])
             fed = seg_mask[:, -1:].bool()  # rows with tokens at this level (others only carried)
             logits = level_logits if logits is None else torch.where(fed, level_logits, logits)
             next_pos = base + seg_mask.sum(-1, keepdim=True)
         rows = torch.tensor(final_rows, device=self.device).repeat_interleave(repeat)
-        cache.batch_select_indices(rows)
+        if shared and all(isinstance(layer, _growing_layer_class()) for layer in cache.layers):
+            cache = _shared_prefix_cache(segments, levels, final_rows, repeat, self.device)
+        else:
+            cache.batch_select_indices(rows)
         return cache, logits[rows], mask[rows], next_pos[rows]
 
     @torch.inference_mode()
@@ -181,7 +191,7 @@ class TransformersBackend:
         samples, and sample token by token with one seeded generator per (prompt, sample);
         optionally score a forced line. Rows that have stopped keep running with their new
         positions masked out."""
-        cache, logits, mask, next_pos = self._prefill(ids, repeat=n)
+        cache, logits, mask, next_pos = self._prefill(ids, repeat=n, shared=self.attention == GROUPED)
         generators = [_generator(self.device, seed, i, j) for i in prompt_indices for j in range(n)]
         eos = torch.tensor(self.eos_ids, device=self.device)
         done = torch.zeros(len(generators), dtype=torch.bool, device=self.device)
@@ -270,12 +280,31 @@ def _growing_layer_class():
         buffer, instead of concatenating (which copies the whole cache at every decoded token:
         half of a judging step's time on a CPU). The room grows geometrically; selecting or
         repeating rows (``batch_select_indices``) makes new tensors, and the next update gives
-        them a buffer again."""
+        them a buffer again.
+
+        ``shared``: keys and values that come before this layer's own, kept once for the rows
+        that share them (``SharedSegment``s of ``_shared_prefix_cache``); the layer's length
+        counts them, and the keys it returns carry them as ``shared_prefix`` for
+        ``grouped_attention``."""
+
+        shared: tuple = ()
+        shared_width = 0
+
+        def own_length(self) -> int:
+            return 0 if not self.is_initialized or self.keys.numel() == 0 else self.keys.shape[-2]
+
+        def get_seq_length(self) -> int:
+            return self.shared_width + self.own_length()
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.shared:
+                raise NotImplementedError("rows of a cache with shared segments cannot be selected")
+            super().batch_select_indices(indices)
 
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-            length = self.get_seq_length()
+            length = self.own_length()
             end = length + key_states.shape[-2]
             buffers = getattr(self, "room", None)
             if (buffers is None or end > buffers[0].shape[-2]
@@ -291,9 +320,136 @@ def _growing_layer_class():
             buffers[0][..., length:end, :] = key_states
             buffers[1][..., length:end, :] = value_states
             self.keys, self.values = buffers[0][..., :end, :], buffers[1][..., :end, :]
-            return self.keys, self.values
+            if not self.shared:
+                return self.keys, self.values
+            keys = self.keys.view_as(self.keys)  # a tensor of its own to carry the segments
+            keys.shared_prefix = self.shared
+            return keys, self.values
 
     return GrowingLayer
+
+
+class RowLayout:
+    """Which decoding rows share each node of a prefill level: node j's rows, in row order,
+    fill slots j·per_node, j·per_node+1, ... of a [nodes x per_node] grid (``rows`` marks an
+    empty slot). Tensors of the rows ([rows, heads, m, c]) and of the nodes ([nodes, heads,
+    per_node·m, c]: the rows of a node stacked along dim 2, zeros in empty slots) convert
+    into each other, with a change of dtype on the way where the destination has another."""
+
+    def __init__(self, row_node: Sequence[int], nodes: int, device) -> None:
+        rows = len(row_node)
+        counts = [0] * nodes
+        for node in row_node:
+            counts[node] += 1
+        self.rows, self.nodes, self.per_node = rows, nodes, max(counts)
+        slots, flat, fill = [rows] * (nodes * self.per_node), [], [0] * nodes
+        for row, node in enumerate(row_node):
+            flat.append(node * self.per_node + fill[node])
+            slots[flat[-1]] = row
+            fill[node] += 1
+        self.in_order = slots == list(range(rows))  # every slot filled, rows already grouped
+        self.full = all(c == self.per_node for c in counts)
+        self.slots = torch.tensor(slots, device=device)
+        self.flat = torch.tensor(flat, device=device)
+        self.row_node = torch.tensor(list(row_node), device=device)
+
+    def to_nodes(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """[rows, heads, m, c] -> [nodes, heads, per_node·m, c] (in ``dtype``, default x's)."""
+        _, heads, m, c = x.shape
+        if self.per_node == 1 and self.in_order and dtype in (None, x.dtype):
+            return x  # one row a node, in order: already the nodes' layout
+        if not self.in_order:
+            x = (x if self.full else torch.cat([x, x.new_zeros(1, heads, m, c)])).index_select(0, self.slots)
+        out = torch.empty(self.nodes, heads, self.per_node * m, c, dtype=dtype or x.dtype, device=x.device)
+        out.view(self.nodes, heads, self.per_node, m, c).copy_(
+            x.view(self.nodes, self.per_node, heads, m, c).transpose(1, 2))
+        return out
+
+    def add_to_rows(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        """``out`` ([rows, heads, m, c]) += ``y`` ([nodes, heads, per_node·m, c]) of each row's node."""
+        _, heads, m, c = out.shape
+        by_row = y.view(self.nodes, heads, self.per_node, m, c).transpose(1, 2)
+        if self.in_order:
+            out.view(self.nodes, self.per_node, heads, m, c).add_(by_row)
+        else:
+            out.add_(by_row.reshape(self.nodes * self.per_node, heads, m, c).index_select(0, self.flat))
+
+    def copy_to_rows(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        """``out`` ([rows, heads, m, c], a view) = ``y`` ([nodes, heads, per_node·m, c]) of each row's node."""
+        _, heads, m, c = out.shape
+        by_row = y.view(self.nodes, heads, self.per_node, m, c).transpose(1, 2)
+        if self.in_order:
+            out.view(self.nodes, self.per_node, heads, m, c).copy_(by_row)
+        else:
+            out.copy_(by_row.reshape(self.nodes * self.per_node, heads, m, c).index_select(0, self.flat))
+
+
+class SharedSegment(NamedTuple):
+    """The keys and values of one prefill level ([nodes, kv_heads, width, head_dim]), kept once
+    for the decoding rows that continue each node (``layout``)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    layout: RowLayout
+
+
+# A prefill level stays shared while decoding only where that spares reading at least this many
+# keys (and as many values) a layer and step; a smaller level is copied into the level below
+# (or into each row's own keys), since its extra matrix products cost more than the reads they
+# save. Measured on the default run's workloads (bench/throughput.py): generation's short
+# prompts decode faster with a copy per row, judging and meta-judging with their long shared
+# prompts shared.
+SHARED_KEYS_MIN = 4096
+
+
+def _shared_prefix_cache(segments, levels, final_rows: list[int], repeat: int, device):
+    """A decoding cache whose layers hold a prefill level once (``segments[level][layer]``:
+    that level's keys and values, one row per node) instead of one copy per decoding row: the
+    judge template's opening once for the batch, a prompt once for its n samples. Decoding
+    then reads each shared key once for all the rows that share it (``grouped_attention``).
+    Levels that would spare fewer than ``SHARED_KEYS_MIN`` key reads are copied into the level
+    below them, the last ones into every row's own keys."""
+    from transformers.cache_utils import Cache
+
+    node_of = list(final_rows)
+    row_nodes: list[list[int]] = [[] for _ in levels]
+    for depth in reversed(range(len(levels))):
+        row_nodes[depth] = [node for node in node_of for _ in range(repeat)]
+        node_of = [levels[depth][node].parent for node in node_of]
+    rows = len(final_rows) * repeat
+    kept = [(rows - len(levels[depth])) * segments[depth][0][0].shape[-2] >= SHARED_KEYS_MIN
+            for depth in range(len(levels))]
+    layouts = {depth: RowLayout(row_nodes[depth], len(levels[depth]), device) for depth in range(len(levels)) if kept[depth]}
+    parents = [torch.tensor([node.parent for node in level], device=device) for level in levels]
+    last_rows = torch.tensor(row_nodes[-1], device=device)
+    layer_class = _growing_layer_class()
+    layers = []
+    for index in range(len(segments[0])):
+        layer, shared, carried = layer_class(), [], None
+        for depth in range(len(levels)):
+            keys, values = segments[depth][index]
+            if carried is not None:  # the levels above, not kept: one copy per node of this one
+                keys = torch.cat([carried[0].index_select(0, parents[depth]), keys], dim=2)
+                values = torch.cat([carried[1].index_select(0, parents[depth]), values], dim=2)
+                carried = None
+            if kept[depth]:
+                shared.append(SharedSegment(keys, values, layouts[depth]))
+            else:
+                carried = (keys, values)
+        layer.shared = tuple(shared)
+        layer.shared_width = sum(segment.keys.shape[-2] for segment in shared)
+        if carried is not None:  # the last levels, not kept: each row's own keys begin with them
+            layer.lazy_initialization(*carried)
+            layer.keys, layer.values = carried[0].index_select(0, last_rows), carried[1].index_select(0, last_rows)
+        layers.append(layer)
+    return Cache(layers=layers)
+
+
+def _materialize(key: torch.Tensor, value: torch.Tensor, shared) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row's whole keys and values: its shared segments, then its own."""
+    keys = [s.keys.index_select(0, s.layout.row_node) for s in shared]
+    values = [s.values.index_select(0, s.layout.row_node) for s in shared]
+    return torch.cat(keys + [key], dim=2), torch.cat(values + [value], dim=2)
 
 
 def _prepack_linears(model, rows: int) -> int:
@@ -344,6 +500,9 @@ def grouped_attention(module, query, key, value, attention_mask, dropout=0.0, sc
       fused kernel keeps float32 (``bench/precision.py``'s decode part measures what it costs).
     - Several query tokens with a mask (prefill): sdpa's own kernel on the stacked queries, the
       mask repeated for them: the same results without the copies, and a larger block per call.
+    - Keys that carry shared segments (``shared_prefix``, a decoding cache from
+      ``_shared_prefix_cache``): ``_shared_prefix_attention``, or transformers' function on
+      the materialized keys where that does not apply.
     - Anything else (a prefill without a mask or without grouped heads, a mask per head, dropout,
       extra biases, windows): transformers' sdpa function."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -352,11 +511,17 @@ def grouped_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     kv_heads = key.shape[1]
     group = heads // kv_heads
     shared_mask = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1] == 1
-    if (dropout or heads % kv_heads or kwargs.get("output_attentions")
-            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
-            or kwargs.get("sliding_window") or kwargs.get("s_aux") is not None
-            or (attention_mask is not None and not shared_mask)
-            or (q_len > 1 and (group == 1 or not shared_mask))):
+    unsupported = (dropout or heads % kv_heads or kwargs.get("output_attentions")
+                   or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+                   or kwargs.get("sliding_window") or kwargs.get("s_aux") is not None
+                   or (attention_mask is not None and not shared_mask))
+    shared = getattr(key, "shared_prefix", None)
+    if shared and not unsupported:
+        scale = dim ** -0.5 if scaling is None else scaling
+        return _shared_prefix_attention(query, key, value, attention_mask, scale, shared), None
+    if shared:
+        key, value = _materialize(key, value, shared)
+    if unsupported or (q_len > 1 and (group == 1 or not shared_mask)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     if q_len > 1:
@@ -373,14 +538,58 @@ def grouped_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     softmax_dtype = torch.promote_types(query.dtype, torch.float32)
     scores = torch.matmul(grouped, key.transpose(-1, -2))[..., :length].to(softmax_dtype).mul_(scale)
     if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = torch.where(attention_mask, scores, float("-inf"))  # 2.5x masked_fill_ here
-        else:
-            scores = scores + attention_mask
+        scores += _mask_bias(attention_mask, softmax_dtype)
     weights = scores.new_zeros(*scores.shape[:-1], value.shape[2], dtype=value.dtype)
     weights[..., :length] = torch.softmax(scores, dim=-1)
     out = torch.matmul(weights, value)  # [batch, kv_heads, group, dim]
     return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+def _shared_prefix_attention(query, key, value, attention_mask, scale: float, shared) -> torch.Tensor:
+    """Attention of the new tokens of every row over its shared segments and its own keys.
+
+    For each segment, the query rows of a node are stacked and multiplied by the node's keys
+    once: the judge template's opening is read once for the whole batch (one matrix product of
+    all the rows' queries) and a prompt once for its n samples, where a copy per row would be
+    read n times at every decoded token. The scores of all parts take one softmax (float32);
+    the parts' outputs are summed in float32. ``key``/``value``: the rows' own keys and values
+    (``GrowingLayer``'s filled slice); ``attention_mask``: None, or [rows, 1, new tokens, all
+    keys] over the segments in order and then the row's own keys. Returns [rows, new tokens,
+    heads, head_dim]."""
+    rows, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    m = heads // kv_heads * q_len  # the query rows of one key/value head
+    length = key.shape[2]
+    q = query.reshape(rows, kv_heads, m, dim)
+    own_keys, own_values = _whole_buffer(key), _whole_buffer(value)
+    widths = [s.keys.shape[-2] for s in shared]
+    starts = [sum(widths[:i]) for i in range(len(widths) + 1)]
+    softmax_dtype = torch.promote_types(query.dtype, torch.float32)
+    scores = torch.empty(rows, kv_heads, m, starts[-1] + length, dtype=softmax_dtype, device=query.device)
+    for s, start, width in zip(shared, starts, widths):
+        products = torch.matmul(s.layout.to_nodes(q), s.keys.transpose(-1, -2))
+        s.layout.copy_to_rows(scores[..., start:start + width], products)
+    scores[..., starts[-1]:] = torch.matmul(q, own_keys.transpose(-1, -2))[..., :length]
+    scores.mul_(scale)
+    if attention_mask is not None:  # [rows, 1, q_len, all keys]
+        scores.view(rows, kv_heads, heads // kv_heads, q_len, -1).add_(_mask_bias(attention_mask, softmax_dtype)[:, :, None])
+    weights = torch.softmax(scores, dim=-1)
+    own = torch.zeros(rows, kv_heads, m, own_values.shape[2], dtype=value.dtype, device=query.device)
+    own[..., :length] = weights[..., starts[-1]:]
+    out = torch.matmul(own, own_values).to(softmax_dtype)
+    for s, start, width in zip(shared, starts, widths):
+        s.layout.add_to_rows(out, torch.matmul(s.layout.to_nodes(weights[..., start:start + width], value.dtype),
+                                               s.values))
+    return out.to(value.dtype).view(rows, heads, q_len, dim).transpose(1, 2).contiguous()
+
+
+def _mask_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An attention mask as a bias to add to the scores: 0 where a boolean mask is True, -inf
+    where it is False (adding it is 2x faster on a CPU than ``torch.where`` with the mask
+    broadcast over the heads); a float mask as it is."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 def _whole_buffer(t: torch.Tensor) -> torch.Tensor:
