@@ -304,9 +304,9 @@ def test_row_layout_hand_worked():
     nodes = layout.to_nodes(rows)
     assert nodes.shape == (3, 1, 2, 1) and nodes.flatten().tolist() == [2, 5, 1, 3, 4, 0]
     back = torch.zeros(5, 1, 1, 1)
-    layout.copy_to_rows(back, nodes)
+    layout.to_rows(back, nodes)
     assert torch.equal(back, rows)
-    layout.add_to_rows(back, nodes)
+    layout.to_rows(back, nodes, add=True)
     assert torch.equal(back, 2 * rows)
     grouped = RowLayout([0, 0, 1, 1], 2, "cpu")
     assert (grouped.per_node, grouped.in_order, grouped.full) == (2, True, True)

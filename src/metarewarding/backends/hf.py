@@ -334,7 +334,7 @@ class RowLayout:
     fill slots j·per_node, j·per_node+1, ... of a [nodes x per_node] grid (``rows`` marks an
     empty slot). Tensors of the rows ([rows, heads, m, c]) and of the nodes ([nodes, heads,
     per_node·m, c]: the rows of a node stacked along dim 2, zeros in empty slots) convert
-    into each other, with a change of dtype on the way where the destination has another."""
+    into each other (``to_nodes``, ``to_rows``), changing dtype on the way where asked."""
 
     def __init__(self, row_node: Sequence[int], nodes: int, device) -> None:
         rows = len(row_node)
@@ -365,23 +365,19 @@ class RowLayout:
             x.view(self.nodes, self.per_node, heads, m, c).transpose(1, 2))
         return out
 
-    def add_to_rows(self, out: torch.Tensor, y: torch.Tensor) -> None:
-        """``out`` ([rows, heads, m, c]) += ``y`` ([nodes, heads, per_node·m, c]) of each row's node."""
+    def to_rows(self, out: torch.Tensor, y: torch.Tensor, add: bool = False) -> None:
+        """``out`` ([rows, heads, m, c], a view) = ``y`` ([nodes, heads, per_node·m, c]) of each
+        row's node, or ``+=`` with ``add``."""
         _, heads, m, c = out.shape
         by_row = y.view(self.nodes, heads, self.per_node, m, c).transpose(1, 2)
         if self.in_order:
-            out.view(self.nodes, self.per_node, heads, m, c).add_(by_row)
+            out = out.view(self.nodes, self.per_node, heads, m, c)
         else:
-            out.add_(by_row.reshape(self.nodes * self.per_node, heads, m, c).index_select(0, self.flat))
-
-    def copy_to_rows(self, out: torch.Tensor, y: torch.Tensor) -> None:
-        """``out`` ([rows, heads, m, c], a view) = ``y`` ([nodes, heads, per_node·m, c]) of each row's node."""
-        _, heads, m, c = out.shape
-        by_row = y.view(self.nodes, heads, self.per_node, m, c).transpose(1, 2)
-        if self.in_order:
-            out.view(self.nodes, self.per_node, heads, m, c).copy_(by_row)
+            by_row = by_row.reshape(self.nodes * self.per_node, heads, m, c).index_select(0, self.flat)
+        if add:
+            out.add_(by_row)
         else:
-            out.copy_(by_row.reshape(self.nodes * self.per_node, heads, m, c).index_select(0, self.flat))
+            out.copy_(by_row)
 
 
 class SharedSegment(NamedTuple):
@@ -568,7 +564,7 @@ def _shared_prefix_attention(query, key, value, attention_mask, scale: float, sh
     scores = torch.empty(rows, kv_heads, m, starts[-1] + length, dtype=softmax_dtype, device=query.device)
     for s, start, width in zip(shared, starts, widths):
         products = torch.matmul(s.layout.to_nodes(q), s.keys.transpose(-1, -2))
-        s.layout.copy_to_rows(scores[..., start:start + width], products)
+        s.layout.to_rows(scores[..., start:start + width], products)
     scores[..., starts[-1]:] = torch.matmul(q, own_keys.transpose(-1, -2))[..., :length]
     scores.mul_(scale)
     if attention_mask is not None:  # [rows, 1, q_len, all keys]
@@ -578,8 +574,8 @@ def _shared_prefix_attention(query, key, value, attention_mask, scale: float, sh
     own[..., :length] = weights[..., starts[-1]:]
     out = torch.matmul(own, own_values).to(softmax_dtype)
     for s, start, width in zip(shared, starts, widths):
-        s.layout.add_to_rows(out, torch.matmul(s.layout.to_nodes(weights[..., start:start + width], value.dtype),
-                                               s.values))
+        s.layout.to_rows(out, torch.matmul(s.layout.to_nodes(weights[..., start:start + width], value.dtype),
+                                           s.values), add=True)
     return out.to(value.dtype).view(rows, heads, q_len, dim).transpose(1, 2).contiguous()
 
 
