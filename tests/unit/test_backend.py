@@ -372,7 +372,8 @@ def test_decoding_over_shared_prompts_matches_a_copy_per_row(tiny_model, min_key
     options = score_options(0, 5)
     calls = []
     shared_attention = hf._shared_prefix_attention
-    monkeypatch.setattr(hf, "_shared_prefix_attention", lambda *a: calls.append(len(a[-1])) or shared_attention(*a))
+    monkeypatch.setattr(hf, "_shared_prefix_attention",  # decoding with a cache per row passes no segments
+                        lambda *a: (a[-1] and calls.append(len(a[-1]))) or shared_attention(*a))
     monkeypatch.setattr(hf, "SHARED_KEYS_MIN", 10**9)
     want = backend.generate_forced(SHARED, 2, Sampling(10, 0.8, 0.95), 5, "\nScore:", options)
     assert calls == []

@@ -341,7 +341,7 @@ class RowLayout:
         counts = [0] * nodes
         for node in row_node:
             counts[node] += 1
-        self.rows, self.nodes, self.per_node = rows, nodes, max(counts)
+        self.nodes, self.per_node = nodes, max(counts)
         slots, flat, fill = [rows] * (nodes * self.per_node), [], [0] * nodes
         for row, node in enumerate(row_node):
             flat.append(node * self.per_node + fill[node])
@@ -488,17 +488,17 @@ def grouped_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     (grouped-query attention) stacked on that head instead of copying keys and values to every
     query head (transformers' ``repeat_kv``, for masked prefills).
 
-    - One query token (decoding): two matrix products per key/value head over the KV cache's
-      whole buffer, softmax in float32. On a CPU, PyTorch's fused kernel pays a fixed cost per
+    - One query token (decoding), or keys that carry shared segments (``shared_prefix``, a
+      decoding cache from ``_shared_prefix_cache``): ``_shared_prefix_attention``, two matrix
+      products per key/value head (and per shared segment) over the KV cache's whole buffer,
+      softmax in float32. On a CPU, PyTorch's fused kernel pays a fixed cost per
       (row, head) block that dwarfs a single token's work: at 32 rows x 400 cached tokens in
       bfloat16 on this project's 2-core CPU, 2.0-2.7 ms a layer against 1.3-2.0 ms here. The
       query-key products come out rounded to the model's dtype before the softmax, where the
       fused kernel keeps float32 (``bench/precision.py``'s decode part measures what it costs).
     - Several query tokens with a mask (prefill): sdpa's own kernel on the stacked queries, the
       mask repeated for them: the same results without the copies, and a larger block per call.
-    - Keys that carry shared segments (``shared_prefix``, a decoding cache from
-      ``_shared_prefix_cache``): ``_shared_prefix_attention``, or transformers' function on
-      the materialized keys where that does not apply.
+    - Shared segments where the above does not apply: the materialized keys, then as below.
     - Anything else (a prefill without a mask or without grouped heads, a mask per head, dropout,
       extra biases, windows): transformers' sdpa function."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -512,37 +512,23 @@ def grouped_attention(module, query, key, value, attention_mask, dropout=0.0, sc
                    or kwargs.get("sliding_window") or kwargs.get("s_aux") is not None
                    or (attention_mask is not None and not shared_mask))
     shared = getattr(key, "shared_prefix", None)
-    if shared and not unsupported:
+    if (shared or q_len == 1) and not unsupported:
         scale = dim ** -0.5 if scaling is None else scaling
-        return _shared_prefix_attention(query, key, value, attention_mask, scale, shared), None
+        return _shared_prefix_attention(query, key, value, attention_mask, scale, shared or ()), None
     if shared:
         key, value = _materialize(key, value, shared)
-    if unsupported or (q_len > 1 and (group == 1 or not shared_mask)):
+    if unsupported or group == 1 or not shared_mask:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    if q_len > 1:
-        stacked = query.reshape(batch, kv_heads, group * q_len, dim)
-        mask = attention_mask.repeat(1, 1, group, 1)
-        out = torch.nn.functional.scaled_dot_product_attention(stacked, key, value, attn_mask=mask, scale=scaling)
-        return out.reshape(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
-    scale = dim ** -0.5 if scaling is None else scaling
-    length = key.shape[2]
-    # the products run over the cache's whole buffer (``GrowingLayer``: zeros past the filled
-    # length), which is contiguous, where the filled slice is not and would be copied first
-    key, value = _whole_buffer(key), _whole_buffer(value)
-    grouped = query.reshape(batch, kv_heads, group, dim)
-    softmax_dtype = torch.promote_types(query.dtype, torch.float32)
-    scores = torch.matmul(grouped, key.transpose(-1, -2))[..., :length].to(softmax_dtype).mul_(scale)
-    if attention_mask is not None:
-        scores += _mask_bias(attention_mask, softmax_dtype)
-    weights = scores.new_zeros(*scores.shape[:-1], value.shape[2], dtype=value.dtype)
-    weights[..., :length] = torch.softmax(scores, dim=-1)
-    out = torch.matmul(weights, value)  # [batch, kv_heads, group, dim]
-    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+    stacked = query.reshape(batch, kv_heads, group * q_len, dim)
+    mask = attention_mask.repeat(1, 1, group, 1)
+    out = torch.nn.functional.scaled_dot_product_attention(stacked, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
 
 
 def _shared_prefix_attention(query, key, value, attention_mask, scale: float, shared) -> torch.Tensor:
-    """Attention of the new tokens of every row over its shared segments and its own keys.
+    """Attention of the new tokens of every row over its shared segments (none: decoding with
+    a cache per row) and its own keys.
 
     For each segment, the query rows of a node are stacked and multiplied by the node's keys
     once: the judge template's opening is read once for the whole batch (one matrix product of
@@ -557,6 +543,8 @@ def _shared_prefix_attention(query, key, value, attention_mask, scale: float, sh
     m = heads // kv_heads * q_len  # the query rows of one key/value head
     length = key.shape[2]
     q = query.reshape(rows, kv_heads, m, dim)
+    # the products run over the cache's whole buffer (``GrowingLayer``: zeros past the filled
+    # length), which is contiguous, where the filled slice is not and would be copied first
     own_keys, own_values = _whole_buffer(key), _whole_buffer(value)
     widths = [s.keys.shape[-2] for s in shared]
     starts = [sum(widths[:i]) for i in range(len(widths) + 1)]
@@ -572,10 +560,12 @@ def _shared_prefix_attention(query, key, value, attention_mask, scale: float, sh
     weights = torch.softmax(scores, dim=-1)
     own = torch.zeros(rows, kv_heads, m, own_values.shape[2], dtype=value.dtype, device=query.device)
     own[..., :length] = weights[..., starts[-1]:]
-    out = torch.matmul(own, own_values).to(softmax_dtype)
-    for s, start, width in zip(shared, starts, widths):
-        s.layout.to_rows(out, torch.matmul(s.layout.to_nodes(weights[..., start:start + width], value.dtype),
-                                           s.values), add=True)
+    out = torch.matmul(own, own_values)
+    if shared:
+        out = out.to(softmax_dtype)
+        for s, start, width in zip(shared, starts, widths):
+            s.layout.to_rows(out, torch.matmul(s.layout.to_nodes(weights[..., start:start + width], value.dtype),
+                                               s.values), add=True)
     return out.to(value.dtype).view(rows, heads, q_len, dim).transpose(1, 2).contiguous()
 
 
