@@ -18,8 +18,8 @@ greedy    the prompts of ``iter1/prompts.jsonl``, greedy (96 new tokens, n=1): i
           dtype: does bfloat16 give the same text a similar likelihood?
 decode    the judge prompts again, their last ``--decode-tokens`` tokens (the judgment text) fed
           one token a step through the backend's decode path (prefill of the rest, then the KV
-          cache, shared prompt levels kept once as sampling keeps them): argmax agreement of the next-token distributions, mean and
-          max |Δ| of the fed tokens' log-probabilities. ``--bf16-attention sdpa`` runs the
+          cache, shared prompt levels kept once as sampling keeps them): argmax agreement of
+          the next-token distributions, mean and max |Δ| of the fed tokens' log-probabilities. ``--bf16-attention sdpa`` runs the
           bfloat16 side on transformers' sdpa instead of the backend's grouped decode attention,
           to see what that attention changes.
 time      wall seconds of every part per dtype; model load and a tiny warm-up apart.
