@@ -163,11 +163,12 @@ def test_choose_with_shared_prefixes_matches_one_prompt_at_a_time(backend):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
-@pytest.mark.parametrize("candidates", [2, 3, 256])
+@pytest.mark.parametrize("candidates", [(2,), (3,), (1, 2), (2, 3), (256,), ()])
 def test_nucleus_sampling_keeps_the_tokens_whose_preceding_mass_is_within_top_p(candidates, monkeypatch):
     """probs 0.5, 0.3, 0.12, 0.08 at top_p 0.85: the mass before each token is 0, 0.5, 0.8, 0.92,
     so tokens 0-2 are kept. With 2 candidates (mass 0.8 <= 0.85) the row falls back to a full
-    sort; with 3 (mass 0.92) or 256 the nucleus is found among the candidates; all agree."""
+    sort; with 3 (mass 0.92) or 256 the nucleus is found among the candidates; with 2 then 3, in
+    the second search; with none, by the full sort; all agree."""
     import torch
 
     from metarewarding.backends import hf
@@ -183,6 +184,29 @@ def test_nucleus_sampling_keeps_the_tokens_whose_preceding_mass_is_within_top_p(
     assert counts[0] / 400 == pytest.approx(0.5 / 0.92, abs=0.08)  # renormalised over the nucleus
     greedy = hf._sample(logits[:2], Sampling(1, 0.0), generators[:2]).tolist()
     assert greedy == [0, 0]
+
+
+def test_nucleus_search_in_stages_draws_what_a_full_sort_draws(monkeypatch):
+    """Rows from peaked to flat over 1,000 tokens: their nuclei are found among the first 8
+    candidates, among 64, or only by the full sort; every row draws the token that sorting all
+    rows in full gives it, with the same random numbers, ties included."""
+    import torch
+
+    from metarewarding.backends import hf
+
+    torch.manual_seed(0)
+    # rounded to bfloat16 and back, as the model's logits come: many tokens tie
+    logits = (torch.randn(60, 1000) * torch.linspace(12.0, 0.2, 60)[:, None]).bfloat16().float()
+    probs = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True).values
+    nucleus = ((probs.cumsum(dim=-1) - probs) <= 0.9).sum(dim=-1)
+    assert (nucleus <= 8).sum() >= 5 and ((nucleus > 8) & (nucleus <= 64)).sum() >= 5 and (nucleus > 64).sum() >= 5
+    sampling = Sampling(1, 1.0, 0.9)
+    for seed in range(3):
+        monkeypatch.setattr(hf, "NUCLEUS_CANDIDATES", ())
+        full = hf._sample(logits, sampling, [hf._generator("cpu", seed, i, 0) for i in range(60)])
+        monkeypatch.setattr(hf, "NUCLEUS_CANDIDATES", (8, 64))
+        staged = hf._sample(logits, sampling, [hf._generator("cpu", seed, i, 0) for i in range(60)])
+        assert staged.tolist() == full.tolist()
 
 
 def test_nucleus_draw_by_inverse_cdf_hand_worked():
