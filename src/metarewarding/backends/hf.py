@@ -473,9 +473,11 @@ def _keep_freed_memory() -> bool:
     at the top of its heap, blocks up to 1 GiB from the heap) instead of handing it back to
     the kernel. A decoding step on a CPU frees and allocates tensors of megabytes (logits,
     probabilities, KV-cache buffers, attention scores): handed back, every new one costs the
-    kernel's page faults again: on the default run's generation workload, 725,000 faults
-    handed back against 61,000 kept, and 2-22% more tokens/s kept in four alternating pairs
-    of runs on this project's 2-core CPU. The process's resident memory stays at its peak. Does nothing, and returns False, where the
+    kernel's page faults again. On the default run's workloads, on this project's 2-core CPU,
+    in alternating processes: generation 480,000 page faults handed back against 50,000-72,000
+    kept, 16% more tokens/s kept (mean of six pairs; -7% to +47%); judging 550,000-660,000
+    against 110,000, 4-10% more (three pairs); meta-judging, which mostly prefills, 1% less
+    (-11% to +9%, six pairs). The process's resident memory stays at its peak. Does nothing, and returns False, where the
     C library is not glibc."""
     import ctypes
     import ctypes.util
