@@ -102,11 +102,11 @@ class LeanLlamaStep:
             key = qk[:, :, self.heads :].transpose(1, 2)
             value = qkv[..., qk_width:].view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             keys, values = cache_layer.update(key, value)
-            out = hf._shared_prefix_attention(query, keys, values, bias, self.scale,
-                                           getattr(keys, "shared_prefix", None) or ())
+            shared = getattr(keys, "shared_prefix", None) or ()
+            out = hf._shared_prefix_attention(query, keys, values, bias, self.scale, shared)
             hidden = hidden + layer.o_proj(out.reshape(rows, 1, -1))
-            gate_up = layer.gate_up(layer.post_norm(hidden))
-            hidden = hidden + layer.down_proj(layer.act(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :])
+            gate, up = layer.gate_up(layer.post_norm(hidden)).split(self.intermediate, dim=-1)
+            hidden = hidden + layer.down_proj(layer.act(gate) * up)
         return self.lm_head(self.norm(hidden))[:, -1]
 
 
