@@ -476,8 +476,8 @@ def _keep_freed_memory() -> bool:
     kernel's page faults again. On the default run's workloads, on this project's 2-core CPU,
     in alternating processes: generation 480,000 page faults handed back against 50,000-72,000
     kept, 16% more tokens/s kept (mean of six pairs; -7% to +47%); judging 550,000-660,000
-    against 110,000, 4-10% more (three pairs); meta-judging, which mostly prefills, 1% less
-    (-11% to +9%, six pairs). The process's resident memory stays at its peak. Does nothing, and returns False, where the
+    against 110,000, 4-10% more (three pairs); meta-judging, which mostly prefills, 2% more
+    (mean of nine pairs; -11% to +13%). The process's resident memory stays at its peak. Does nothing, and returns False, where the
     C library is not glibc."""
     import ctypes
     import ctypes.util
