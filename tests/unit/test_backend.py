@@ -209,6 +209,26 @@ def test_nucleus_search_in_stages_draws_what_a_full_sort_draws(monkeypatch):
         assert staged.tolist() == full.tolist()
 
 
+def test_nucleus_search_leaves_a_tie_at_the_candidates_edge_to_the_next_search(monkeypatch):
+    """probs 0.1, 0.1, 0.1, 0.3, 0.4 (tokens 0-4) at top_p 0.75: sorted, 0.4, 0.3, then the
+    tie at 0.1 in token order; the mass before the first of the tie is 0.7, so the nucleus is
+    tokens 4, 3 and 0. Three candidates hold 4, 3 and one of the tie (PyTorch's top-k takes
+    token 2 here): those above the smallest hold 0.7 <= 0.75, so the row goes on to the full
+    sort and never draws token 1 or 2, as the full sort alone does."""
+    import torch
+
+    from metarewarding.backends import hf
+
+    logits = torch.tensor([0.1, 0.1, 0.1, 0.3, 0.4]).log().repeat(300, 1)
+    generators = [hf._generator("cpu", 3, i, 0) for i in range(300)]
+    monkeypatch.setattr(hf, "NUCLEUS_CANDIDATES", (3,))
+    drawn = hf._sample(logits, Sampling(1, 1.0, 0.75), generators).tolist()
+    assert set(drawn) == {0, 3, 4}
+    monkeypatch.setattr(hf, "NUCLEUS_CANDIDATES", ())
+    generators = [hf._generator("cpu", 3, i, 0) for i in range(300)]
+    assert hf._sample(logits, Sampling(1, 1.0, 0.75), generators).tolist() == drawn
+
+
 def test_nucleus_draw_by_inverse_cdf_hand_worked():
     """probs 0.5, 0.3, 0.12, 0.08 at top_p 0.85 keep tokens 0-2 (kept mass 0.92, cumulative
     0.5, 0.8, 0.92). A uniform u picks the first token whose cumulative mass exceeds 0.92 u:

@@ -477,8 +477,8 @@ def _keep_freed_memory() -> bool:
     in alternating processes: generation 480,000 page faults handed back against 50,000-72,000
     kept, 16% more tokens/s kept (mean of six pairs; -7% to +47%); judging 550,000-660,000
     against 110,000, 4-10% more (three pairs); meta-judging, which mostly prefills, 2% more
-    (mean of nine pairs; -11% to +13%). The process's resident memory stays at its peak. Does nothing, and returns False, where the
-    C library is not glibc."""
+    (mean of nine pairs; -11% to +13%). The process's resident memory stays at its peak.
+    Does nothing, and returns False, where the C library is not glibc."""
     import ctypes
     import ctypes.util
 
@@ -753,9 +753,10 @@ def _sample(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Gen
 
     The nucleus is the smallest set of most likely tokens whose mass reaches ``top_p``: a token
     is kept when the mass of the tokens before it is at most ``top_p``. It is looked for among
-    the ``NUCLEUS_CANDIDATES[0]`` most likely tokens first, which is exact whenever their mass
-    exceeds ``top_p`` (every later token then starts past it); rows where it does not try the
-    next count (on the default run's workloads, 32 tokens hold the nucleus of 75-88% of the
+    the ``NUCLEUS_CANDIDATES[0]`` most likely tokens first, which is exact whenever the
+    candidates more likely than the least likely one hold more than ``top_p`` (every later
+    token then starts past it, and no token left out ties with a kept one); rows where they do
+    not try the next count (on the default run's workloads, 32 tokens hold the nucleus of 75-88% of the
     rows, 512 of all but 0-0.3%; a top-k costs about its k), and the rest are sorted in full.
     Each row draws one uniform number a step from its own generator and picks its token by
     inverse CDF (``_nucleus_draw``), all rows at once: a row's draw depends on its stream alone,
@@ -781,7 +782,10 @@ def _sample(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Gen
         token[rows] = _nucleus_draw(candidates, index, top_p, uniforms[rows])
         if whole:
             break
-        rows = rows[candidates.sum(dim=-1) <= top_p]  # the nucleus may reach past the candidates
+        # found where the candidates above the smallest one hold more than top_p: the nucleus
+        # ends among them, and every token that ties with one of them is a candidate too
+        above = candidates.masked_fill(candidates <= candidates[:, -1:], 0.0).sum(dim=-1)
+        rows = rows[above <= top_p]
         if rows.numel() == 0:
             break
     return token
