@@ -431,9 +431,10 @@ def test_decoding_over_shared_prompts_matches_a_copy_per_row(tiny_model, min_key
 
 
 def test_freed_memory_is_kept_for_the_next_tensors():
-    """With freed memory kept (glibc), allocating and filling a 16 MiB tensor eight times
-    over faults in at most two tensors' pages (the heap settles after a reuse or two); handed
-    back, each of the eight would fault its 4,096 pages again."""
+    """With freed memory kept (glibc), allocating and filling a 16 MiB tensor sixteen times
+    over faults in at most four tensors' pages (the heap settles after a few reuses; after
+    other tests it re-lays a chunk now and then). glibc's default, which hands such memory back,
+    faulted in 24,573 pages (six tensors') in a fresh process on this project's machine."""
     import resource
 
     from metarewarding.backends.hf import _keep_freed_memory
@@ -443,6 +444,6 @@ def test_freed_memory_is_kept_for_the_next_tensors():
     numel = 4 * 2**20  # 16 MiB of float32
     torch.empty(numel).fill_(1.0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(8):
+    for _ in range(16):
         torch.empty(numel).fill_(1.0)
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before <= 2 * 4096 + 100
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before <= 4 * 4096 + 100

@@ -16,7 +16,7 @@ PROMPTS = [user_prompt("grade this answer: the sky is blue"), user_prompt("a sec
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_lean_step_decodes_what_transformers_forward_decodes(tiny_model, dtype):
+def test_lean_step_decodes_what_transformers_forward_decodes(tiny_model, dtype, monkeypatch):
     """Sampled completions and forced scores, with every level of the prompts shared or none,
     are bit for bit those of transformers' forward on the same cache."""
     import metarewarding.backends.hf as hf
@@ -26,14 +26,11 @@ def test_lean_step_decodes_what_transformers_forward_decodes(tiny_model, dtype):
     assert backend.lean_step is not None and backend.describe()["decoding_step"] == "lean"
     lean, calls = backend.lean_step, []
     for min_keys in (0, 10**9):
-        hf.SHARED_KEYS_MIN, saved = min_keys, hf.SHARED_KEYS_MIN
-        try:
-            backend.lean_step = lambda *args: calls.append(1) or lean(*args)
-            got = backend.generate_forced(PROMPTS, 2, Sampling(12, 0.9, 0.95), 3, "\nScore:", score_options(0, 5))
-            backend.lean_step = None
-            want = backend.generate_forced(PROMPTS, 2, Sampling(12, 0.9, 0.95), 3, "\nScore:", score_options(0, 5))
-        finally:
-            hf.SHARED_KEYS_MIN = saved
+        monkeypatch.setattr(hf, "SHARED_KEYS_MIN", min_keys)
+        backend.lean_step = lambda *args: calls.append(1) or lean(*args)
+        got = backend.generate_forced(PROMPTS, 2, Sampling(12, 0.9, 0.95), 3, "\nScore:", score_options(0, 5))
+        backend.lean_step = None
+        want = backend.generate_forced(PROMPTS, 2, Sampling(12, 0.9, 0.95), 3, "\nScore:", score_options(0, 5))
         assert got == want
     assert calls  # the lean step decoded
 
