@@ -27,6 +27,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from . import cpu_kernels
 from .base import ChatPrompt, Choice, Completion, Sampling, generate_then_choose
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class TransformersBackend:
         self.freed_memory_kept = _keep_freed_memory() if on_cpu else False
         self.eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
         self.lean_step = None
+        # the C kernel where _shared_prefix_attention hands it a decoding step (bfloat16, CPU)
+        self.decoding_attention = ("kernel" if self.attention == GROUPED and dtype == "bfloat16"
+                                   and cpu_kernels.kernel() is not None else "pytorch")
         if self.attention == GROUPED:
             from .lean import lean_step
 
@@ -88,6 +92,7 @@ class TransformersBackend:
             "attention": self.attention,
             "packed_linear_layers": self.packed_linear_layers,
             "decoding_step": "lean" if self.lean_step else "transformers",
+            "decoding_attention": self.decoding_attention,
             "freed_memory_kept": self.freed_memory_kept,
         }
 
@@ -579,8 +584,16 @@ def _shared_prefix_attention(query, key, value, attention_mask, scale: float, sh
     the parts' outputs are summed in float32. ``key``/``value``: the rows' own keys and values
     (``GrowingLayer``'s filled slice); ``attention_mask``: None, or [rows, 1, new tokens, all
     keys] over the segments in order and then the row's own keys. Returns [rows, new tokens,
-    heads, head_dim]."""
+    heads, head_dim].
+
+    One new token per row in bfloat16 on a CPU goes to ``cpu_kernels.decode_attention``
+    instead (where it is built): the same steps and roundings in one pass over the keys and
+    values where they lie, the parts' outputs summed in float32 before one rounding (here each
+    part's product is rounded to bfloat16 first)."""
     rows, heads, q_len, dim = query.shape
+    if q_len == 1 and cpu_kernels.supports(query, key):
+        bias = None if attention_mask is None else _mask_bias(attention_mask, torch.float32)
+        return cpu_kernels.decode_attention(query, key, value, bias, scale, shared)
     kv_heads = key.shape[1]
     m = heads // kv_heads * q_len  # the query rows of one key/value head
     length = key.shape[2]

@@ -1,0 +1,356 @@
+/* Decoding attention on a CPU for bfloat16 models: one new token per row, grouped-query heads,
+ * keys and values read where they lie (shared prefix segments, then the row's own cache).
+ *
+ * It computes what metarewarding.backends.hf._shared_prefix_attention computes, with the same
+ * roundings: query-key products accumulated in float32 and rounded to bfloat16, then scaled
+ * and biased in float32, softmax in float32, weights rounded to bfloat16, the weighted sum of
+ * values accumulated in float32 and rounded to bfloat16 once. Sums run in another order than
+ * PyTorch's kernels, so results may differ from them in the last bit of a rounding.
+ *
+ * Built at first use by metarewarding.backends.cpu_kernels with the system C compiler
+ * (-O3 -march=native -fopenmp); OpenMP resolves to the runtime PyTorch has loaded. */
+
+#include <math.h>
+#include <stdint.h>
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+#define MR_DPBF16 1
+#endif
+#include <stdlib.h>
+#include <string.h>
+
+static inline float bf16_to_float(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as PyTorch's cast */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* e^x in float32 to ~1 ulp (range reduction by ln 2, degree-6 polynomial); 0 below -87 (so a
+ * masked score, -inf, weighs exactly 0). Branch-free so that loops over it vectorize. */
+static inline float exp_approx(float x) {
+    const float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float n = floorf(xc * log2e + 0.5f);
+    float r = xc - n * ln2_hi - n * ln2_lo;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return x < -87.0f ? 0.0f : p * scale;
+}
+
+#ifdef MR_DPBF16
+/* lane j of the result: the sum of the 16 lanes of a[j] */
+static inline __attribute__((always_inline)) __m512 sum16(const __m512 *a) {
+    __m512 b[8], c[4];
+    for (int i = 0; i < 8; i++)
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 e0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512 e1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* float32 lanes rounded to bfloat16 and back (round to nearest even) */
+static inline __m512 round_bf16(__m512 x) {
+    __m256i h = (__m256i)_mm512_cvtneps_pbh(x);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline __m512 load_bf16(const uint16_t *p) { /* 16 bfloat16 as float32 */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+/* exp_approx on 16 lanes (the same reduction and polynomial) */
+static inline __m512 exp16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.0f);
+    __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+    __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mul_ps(live, p, _mm512_castsi512_ps(bits));
+}
+
+/* One key/value part (a shared segment or the row's own keys) of row r, head h: scores of
+ * keys [0, width) into sc[g*total + t], dims a multiple of 32 (C32 chunks, a constant after
+ * inlining so that the 16 key sums stay in registers). Keys go in blocks of 16, each block
+ * for every query head while it is in the first-level cache, the block 8 ahead prefetched. */
+static inline __attribute__((always_inline)) void part_scores(const int C32, const uint16_t *qr, const uint16_t *keys,
+                                                              int64_t width, int64_t group, float scale,
+                                                              const float *br, float *sc, int64_t total) {
+    const int64_t dim = 32 * C32;
+    const __m512 vscale = _mm512_set1_ps(scale);
+    int64_t t = 0;
+    for (; t + 16 <= width; t += 16) {
+        if (t + 144 <= width)
+            for (int j = 0; j < 16 * C32; j += 2) _mm_prefetch((const char *)(keys + (t + 128) * dim + 32 * j), _MM_HINT_T0);
+        for (int64_t g = 0; g < group; g++) {
+            const uint16_t *qg = qr + g * dim;
+            __m512 lanes[16];
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++) {
+                lanes[j] = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_loadu_si512(qg),
+                                            (__m512bh)_mm512_loadu_si512(keys + (t + j) * dim));
+#pragma GCC unroll 4
+                for (int c = 1; c < C32; c++)
+                    lanes[j] = _mm512_dpbf16_ps(lanes[j], (__m512bh)_mm512_loadu_si512(qg + 32 * c),
+                                                (__m512bh)_mm512_loadu_si512(keys + (t + j) * dim + 32 * c));
+            }
+            __m512 score = _mm512_mul_ps(round_bf16(sum16(lanes)), vscale);
+            if (br) score = _mm512_add_ps(score, _mm512_loadu_ps(br + t));
+            _mm512_storeu_ps(sc + g * total + t, score);
+        }
+    }
+    for (; t < width; t++) {
+        for (int64_t g = 0; g < group; g++) {
+            const uint16_t *qg = qr + g * dim;
+            __m512 l = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_loadu_si512(qg),
+                                        (__m512bh)_mm512_loadu_si512(keys + t * dim));
+            for (int c = 1; c < C32; c++)
+                l = _mm512_dpbf16_ps(l, (__m512bh)_mm512_loadu_si512(qg + 32 * c),
+                                     (__m512bh)_mm512_loadu_si512(keys + t * dim + 32 * c));
+            float score = bf16_to_float(float_to_bf16(_mm512_reduce_add_ps(l))) * scale;
+            sc[g * total + t] = br ? score + br[t] : score;
+        }
+    }
+}
+
+/* softmax of each query head's scores (float32), weights rounded to bfloat16 */
+static void softmax16(float *sc, int64_t group, int64_t total) {
+    for (int64_t g = 0; g < group; g++) {
+        float *sg = sc + g * total;
+        __m512 top = _mm512_set1_ps(-INFINITY);
+        int64_t t = 0;
+        for (; t + 16 <= total; t += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(sg + t));
+        __mmask16 tail = (__mmask16)((1u << (total - t)) - 1u);
+        top = _mm512_max_ps(top, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, sg + t));
+        float m = _mm512_reduce_max_ps(top);
+        __m512 vm = _mm512_set1_ps(m == -INFINITY ? 0.0f : m), sum = _mm512_setzero_ps();
+        for (t = 0; t + 16 <= total; t += 16) {
+            __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(sg + t), vm));
+            _mm512_storeu_ps(sg + t, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        __m512 e = _mm512_maskz_mov_ps(tail, exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(vm, tail, sg + t), vm)));
+        _mm512_mask_storeu_ps(sg + t, tail, e);
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(sum, e));
+        __m512 inv = _mm512_set1_ps(s > 0.0f ? 1.0f / s : 0.0f);
+        for (t = 0; t + 16 <= total; t += 16)
+            _mm512_storeu_ps(sg + t, round_bf16(_mm512_mul_ps(_mm512_loadu_ps(sg + t), inv)));
+        _mm512_mask_storeu_ps(sg + t, tail, round_bf16(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, sg + t), inv)));
+    }
+}
+
+/* acc (G query heads x C16 chunks of 16 dims) += weights . values of one part; each value row
+ * is read and widened once for all G heads, and the sums stay in registers (G*C16 <= 24) */
+static inline __attribute__((always_inline)) void values_tile(const int C16, const int G, const float *sc,
+                                                              const uint16_t *values, int64_t width, int64_t total,
+                                                              float *acc) {
+    __m512 a[24];
+#pragma GCC unroll 24
+    for (int i = 0; i < G * C16; i++) a[i] = _mm512_loadu_ps(acc + 16 * i);
+    for (int64_t t = 0; t < width; t++) {
+        __m512 v[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < C16; c++) v[c] = load_bf16(values + t * 16 * C16 + 16 * c);
+#pragma GCC unroll 6
+        for (int g = 0; g < G; g++) {
+            __m512 w = _mm512_set1_ps(sc[g * total + t]);
+#pragma GCC unroll 8
+            for (int c = 0; c < C16; c++) a[g * C16 + c] = _mm512_fmadd_ps(w, v[c], a[g * C16 + c]);
+        }
+    }
+#pragma GCC unroll 24
+    for (int i = 0; i < G * C16; i++) _mm512_storeu_ps(acc + 16 * i, a[i]);
+}
+
+/* acc += weights . values of one part for every query head, in tiles of heads */
+static inline __attribute__((always_inline)) void part_values(const int C16, const float *sc, const uint16_t *values,
+                                                              int64_t width, int64_t group, int64_t total, float *acc) {
+    const int tile = C16 == 4 ? 6 : 3;
+    for (int64_t g = 0; g < group; g += tile) {
+        int64_t n = group - g < tile ? group - g : tile;
+        const float *s = sc + g * total;
+        float *a = acc + g * 16 * C16;
+        switch (n) {
+            case 1: values_tile(C16, 1, s, values, width, total, a); break;
+            case 2: values_tile(C16, 2, s, values, width, total, a); break;
+            case 3: values_tile(C16, 3, s, values, width, total, a); break;
+            case 4: values_tile(C16, C16 == 4 ? 4 : 3, s, values, width, total, a); break;
+            case 5: values_tile(C16, C16 == 4 ? 5 : 3, s, values, width, total, a); break;
+            default: values_tile(C16, C16 == 4 ? 6 : 3, s, values, width, total, a); break;
+        }
+    }
+}
+
+/* the whole attention of row r, head h, for head dims 64 and 128 */
+static inline __attribute__((always_inline)) void attend_avx512(const int C32, const uint16_t *qr, int64_t segments, const uint16_t *const *seg_k,
+                                 const uint16_t *const *seg_v, const int64_t *seg_width, const int64_t *const *seg_node,
+                                 int64_t r, int64_t h, int64_t kv_heads, const uint16_t *own_k, const uint16_t *own_v,
+                                 int64_t own_row_stride, int64_t own_head_stride, int64_t own_len, const float *br,
+                                 float scale, int64_t group, int64_t total, float *sc, float *acc, uint16_t *o) {
+    const int64_t dim = 32 * C32;
+    int64_t offset = 0;
+    for (int64_t s = 0; s <= segments; s++) {
+        int64_t width = s < segments ? seg_width[s] : own_len;
+        const uint16_t *keys = s < segments ? seg_k[s] + ((seg_node[s][r] * kv_heads + h) * width) * dim
+                                            : own_k + r * own_row_stride + h * own_head_stride;
+        part_scores(C32, qr, keys, width, group, scale, br ? br + offset : NULL, sc + offset, total);
+        offset += width;
+    }
+    softmax16(sc, group, total);
+    for (int64_t i = 0; i < group * dim; i++) acc[i] = 0.0f;
+    offset = 0;
+    for (int64_t s = 0; s <= segments; s++) {
+        int64_t width = s < segments ? seg_width[s] : own_len;
+        const uint16_t *values = s < segments ? seg_v[s] + ((seg_node[s][r] * kv_heads + h) * width) * dim
+                                              : own_v + r * own_row_stride + h * own_head_stride;
+        part_values(2 * C32, sc + offset, values, width, group, total, acc);
+        offset += width;
+    }
+    for (int64_t i = 0; i < group * dim; i += 16)
+        _mm256_storeu_si256((__m256i *)(o + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(acc + i)));
+}
+#endif
+
+#ifdef MR_DPBF16
+#define MR_ATTEND_ARGS const uint16_t *qr, int64_t segments, const uint16_t *const *seg_k, const uint16_t *const *seg_v, \
+    const int64_t *seg_width, const int64_t *const *seg_node, int64_t r, int64_t h, int64_t kv_heads, \
+    const uint16_t *own_k, const uint16_t *own_v, int64_t own_row_stride, int64_t own_head_stride, int64_t own_len, \
+    const float *br, float scale, int64_t group, int64_t total, float *sc, float *acc, uint16_t *o
+#define MR_ATTEND_PASS qr, segments, seg_k, seg_v, seg_width, seg_node, r, h, kv_heads, own_k, own_v, own_row_stride, \
+    own_head_stride, own_len, br, scale, group, total, sc, acc, o
+static void attend64(MR_ATTEND_ARGS) { attend_avx512(2, MR_ATTEND_PASS); }
+static void attend128(MR_ATTEND_ARGS) { attend_avx512(4, MR_ATTEND_PASS); }
+#endif
+
+/* The generic path (any CPU, any head dim): the same steps in plain C */
+static void attend_generic(const uint16_t *qr, int64_t segments, const uint16_t *const *seg_k,
+                           const uint16_t *const *seg_v, const int64_t *seg_width, const int64_t *const *seg_node,
+                           int64_t r, int64_t h, int64_t kv_heads, int64_t dim, const uint16_t *own_k,
+                           const uint16_t *own_v, int64_t own_row_stride, int64_t own_head_stride, int64_t own_len,
+                           const float *br, float scale, int64_t group, int64_t total, float *qf, float *row,
+                           float *sc, float *acc, uint16_t *o) {
+    for (int64_t i = 0; i < group * dim; i++) qf[i] = bf16_to_float(qr[i]);
+    int64_t offset = 0;
+    for (int64_t s = 0; s <= segments; s++) {
+        int64_t width = s < segments ? seg_width[s] : own_len;
+        const uint16_t *keys = s < segments ? seg_k[s] + ((seg_node[s][r] * kv_heads + h) * width) * dim
+                                            : own_k + r * own_row_stride + h * own_head_stride;
+        for (int64_t t = 0; t < width; t++) {
+            for (int64_t d = 0; d < dim; d++) row[d] = bf16_to_float(keys[t * dim + d]);
+            for (int64_t g = 0; g < group; g++) {
+                float dot = 0.0f;
+                for (int64_t d = 0; d < dim; d++) dot += qf[g * dim + d] * row[d];
+                float score = bf16_to_float(float_to_bf16(dot)) * scale;
+                sc[g * total + offset + t] = br ? score + br[offset + t] : score;
+            }
+        }
+        offset += width;
+    }
+    for (int64_t g = 0; g < group; g++) {
+        float *sg = sc + g * total, top = -INFINITY, sum = 0.0f;
+        for (int64_t t = 0; t < total; t++) top = sg[t] > top ? sg[t] : top;
+        if (top == -INFINITY) top = 0.0f; /* every key masked: all weights 0 */
+        for (int64_t t = 0; t < total; t++) {
+            sg[t] = exp_approx(sg[t] - top);
+            sum += sg[t];
+        }
+        float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        for (int64_t t = 0; t < total; t++) sg[t] = bf16_to_float(float_to_bf16(sg[t] * inv));
+    }
+    for (int64_t i = 0; i < group * dim; i++) acc[i] = 0.0f;
+    offset = 0;
+    for (int64_t s = 0; s <= segments; s++) {
+        int64_t width = s < segments ? seg_width[s] : own_len;
+        const uint16_t *values = s < segments ? seg_v[s] + ((seg_node[s][r] * kv_heads + h) * width) * dim
+                                              : own_v + r * own_row_stride + h * own_head_stride;
+        for (int64_t t = 0; t < width; t++)
+            for (int64_t g = 0; g < group; g++) {
+                float w = sc[g * total + offset + t];
+                for (int64_t d = 0; d < dim; d++) acc[g * dim + d] += w * bf16_to_float(values[t * dim + d]);
+            }
+        offset += width;
+    }
+    for (int64_t i = 0; i < group * dim; i++) o[i] = float_to_bf16(acc[i]);
+}
+
+/* Rows and key/value heads run in parallel. For row r and key/value head h:
+ *   q:      q + r*q_row_stride + (h*group + g)*dim          (g < group, the query heads of h)
+ *   shared: segment s holds [nodes, kv_heads, width_s, dim]; row r reads node seg_node[s][r]
+ *   own:    own_k + r*own_row_stride + h*own_head_stride + t*dim   (t < own_len), own_v alike
+ *   bias:   bias + r*bias_row_stride + t over all keys in order (segments, then own), or NULL
+ *   out:    out + ((r*kv_heads + h)*group + g)*dim
+ * Returns 0, or 1 where scratch memory could not be allocated. */
+int mr_decode_attention(int64_t rows, int64_t kv_heads, int64_t group, int64_t dim,
+                        const uint16_t *q, int64_t q_row_stride,
+                        int64_t segments, const uint16_t *const *seg_k, const uint16_t *const *seg_v,
+                        const int64_t *seg_width, const int64_t *const *seg_node,
+                        const uint16_t *own_k, const uint16_t *own_v, int64_t own_row_stride,
+                        int64_t own_head_stride, int64_t own_len,
+                        const float *bias, int64_t bias_row_stride, float scale, int threads,
+                        uint16_t *out) {
+    int64_t total = own_len;
+    for (int64_t s = 0; s < segments; s++) total += seg_width[s];
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        /* per thread: scores (padded to whole 16-lane blocks), output sums, queries and one key
+         * in float32 */
+        size_t floats = (size_t)(group * (total + 16) + 3 * group * dim + dim);
+        float *sc = malloc(sizeof(float) * floats);
+        failed = sc == NULL;
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t h = 0; h < kv_heads; h++) {
+                if (!sc) continue;
+                float *acc = sc + group * (total + 16), *qf = acc + group * dim, *row = qf + group * dim;
+                const uint16_t *qr = q + r * q_row_stride + h * group * dim;
+                const float *br = bias ? bias + r * bias_row_stride : NULL;
+                uint16_t *o = out + (r * kv_heads + h) * group * dim;
+#ifdef MR_DPBF16
+                if (dim == 64 || dim == 128) {
+                    (dim == 64 ? attend64 : attend128)(qr, segments, seg_k, seg_v, seg_width, seg_node, r, h, kv_heads,
+                                                        own_k, own_v, own_row_stride, own_head_stride, own_len, br,
+                                                        scale, group, total, sc, acc, o);
+                    continue;
+                }
+#endif
+                attend_generic(qr, segments, seg_k, seg_v, seg_width, seg_node, r, h, kv_heads, dim, own_k, own_v,
+                               own_row_stride, own_head_stride, own_len, br, scale, group, total, qf, row, sc, acc, o);
+            }
+        }
+        free(sc);
+    }
+    return failed;
+}
