@@ -163,17 +163,34 @@ def test_choose_with_shared_prefixes_matches_one_prompt_at_a_time(backend):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
-@pytest.mark.parametrize("candidates", [(2,), (3,), (1, 2), (2, 3), (256,), ()])
-def test_nucleus_sampling_keeps_the_tokens_whose_preceding_mass_is_within_top_p(candidates, monkeypatch):
+@pytest.fixture(params=["pytorch", "kernel"])
+def logits_as(request):
+    """The sampler's two paths: float32 logits (PyTorch's softmax and top-k) and bfloat16
+    logits on a CPU (``cpu_kernels.nucleus_candidates``)."""
+    import os
+
+    import torch
+
+    from metarewarding.backends import cpu_kernels
+
+    if request.param == "kernel":
+        if cpu_kernels.kernel() is None and not os.environ.get("CI"):
+            pytest.skip("no C compiler for the CPU kernels")
+        return lambda logits: logits.bfloat16()
+    return lambda logits: logits.to(torch.float32)
+
+
+@pytest.mark.parametrize("candidates", [(2,), (3,), (1, 2), (2, 4), (256,), ()])
+def test_nucleus_sampling_keeps_the_tokens_whose_preceding_mass_is_within_top_p(candidates, logits_as, monkeypatch):
     """probs 0.5, 0.3, 0.12, 0.08 at top_p 0.85: the mass before each token is 0, 0.5, 0.8, 0.92,
-    so tokens 0-2 are kept. With 2 candidates (mass 0.8 <= 0.85) the row falls back to a full
-    sort; with 3 (mass 0.92) or 256 the nucleus is found among the candidates; with 2 then 3, in
-    the second search; with none, by the full sort; all agree."""
+    so tokens 0-2 are kept. Two or three candidates do not show it (those above the least
+    likely hold 0.5 and 0.8 <= 0.85), so the row goes on to the next search or the full sort;
+    four or 256 hold it; all agree."""
     import torch
 
     from metarewarding.backends import hf
 
-    logits = torch.tensor([0.5, 0.3, 0.12, 0.08]).log().repeat(400, 1)
+    logits = logits_as(torch.tensor([0.5, 0.3, 0.12, 0.08]).log().repeat(400, 1))
     reference = hf._sample(logits, Sampling(1, 1.0, 0.85), [hf._generator("cpu", 7, i, 0) for i in range(400)])
     monkeypatch.setattr(hf, "NUCLEUS_CANDIDATES", candidates)
     generators = [hf._generator("cpu", 7, i, 0) for i in range(400)]
@@ -186,7 +203,7 @@ def test_nucleus_sampling_keeps_the_tokens_whose_preceding_mass_is_within_top_p(
     assert greedy == [0, 0]
 
 
-def test_nucleus_search_in_stages_draws_what_a_full_sort_draws(monkeypatch):
+def test_nucleus_search_in_stages_draws_what_a_full_sort_draws(logits_as, monkeypatch):
     """Rows from peaked to flat over 1,000 tokens: their nuclei are found among the first 8
     candidates, among 64, or only by the full sort; every row draws the token that sorting all
     rows in full gives it, with the same random numbers, ties included."""
@@ -196,8 +213,8 @@ def test_nucleus_search_in_stages_draws_what_a_full_sort_draws(monkeypatch):
 
     torch.manual_seed(0)
     # rounded to bfloat16 and back, as the model's logits come: many tokens tie
-    logits = (torch.randn(60, 1000) * torch.linspace(12.0, 0.2, 60)[:, None]).bfloat16().float()
-    probs = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True).values
+    logits = logits_as((torch.randn(60, 1000) * torch.linspace(12.0, 0.2, 60)[:, None]).bfloat16())
+    probs = torch.softmax(logits.float(), dim=-1).sort(dim=-1, descending=True).values
     nucleus = ((probs.cumsum(dim=-1) - probs) <= 0.9).sum(dim=-1)
     assert (nucleus <= 8).sum() >= 5 and ((nucleus > 8) & (nucleus <= 64)).sum() >= 5 and (nucleus > 64).sum() >= 5
     sampling = Sampling(1, 1.0, 0.9)
@@ -209,7 +226,7 @@ def test_nucleus_search_in_stages_draws_what_a_full_sort_draws(monkeypatch):
         assert staged.tolist() == full.tolist()
 
 
-def test_nucleus_search_leaves_a_tie_at_the_candidates_edge_to_the_next_search(monkeypatch):
+def test_nucleus_search_leaves_a_tie_at_the_candidates_edge_to_the_next_search(logits_as, monkeypatch):
     """probs 0.1, 0.1, 0.1, 0.3, 0.4 (tokens 0-4) at top_p 0.75: sorted, 0.4, 0.3, then the
     tie at 0.1 in token order; the mass before the first of the tie is 0.7, so the nucleus is
     tokens 4, 3 and 0. Three candidates hold 4, 3 and one of the tie (PyTorch's top-k takes
@@ -219,7 +236,7 @@ def test_nucleus_search_leaves_a_tie_at_the_candidates_edge_to_the_next_search(m
 
     from metarewarding.backends import hf
 
-    logits = torch.tensor([0.1, 0.1, 0.1, 0.3, 0.4]).log().repeat(300, 1)
+    logits = logits_as(torch.tensor([0.1, 0.1, 0.1, 0.3, 0.4]).log().repeat(300, 1))
     generators = [hf._generator("cpu", 3, i, 0) for i in range(300)]
     monkeypatch.setattr(hf, "NUCLEUS_CANDIDATES", (3,))
     drawn = hf._sample(logits, Sampling(1, 1.0, 0.75), generators).tolist()

@@ -134,7 +134,7 @@ def fresh_kernel(tmp_path, monkeypatch):
 @needs_kernel
 def test_kernel_is_built_once_into_its_cache(fresh_kernel):
     assert cpu_kernels.kernel() is not None
-    built = list(fresh_kernel.glob("decode_attention-*.so"))
+    built = list(fresh_kernel.glob("cpu_kernels-*.so"))
     assert len(built) == 1 and not list(fresh_kernel.glob("*.so.tmp*"))
     stamp = built[0].stat().st_mtime_ns
     cpu_kernels.kernel.cache_clear()
@@ -154,3 +154,35 @@ def test_kernel_off_without_a_working_compiler_or_when_turned_off(fresh_kernel, 
     monkeypatch.setenv("METAREWARDING_CPU_KERNELS", "0")
     assert cpu_kernels.kernel() is None
     assert not cpu_kernels.supports(torch.randn(2, 4, 1, 64).bfloat16(), torch.randn(2, 2, 5, 64).bfloat16())
+
+
+@needs_kernel
+def test_nucleus_candidates_hand_worked():
+    """probs 0.1, 0.1, 0.1, 0.3, 0.4 (tokens 0-4), top_p 0.75. Sorted: 4, 3, then the tie in
+    token order 0, 1, 2. With 3 candidates (4, 3, 0) the mass before the least likely one's
+    tie is 0.7 <= 0.75: not found; 4 candidates (4, 3, 0, 1): the same; all 5: found. At
+    top_p 0.65 three are enough (0.7 > 0.65)."""
+    logits = torch.tensor([0.1, 0.1, 0.1, 0.3, 0.4]).log().bfloat16().repeat(2, 1)
+    rows = torch.tensor([1])
+    for count, top_p, tokens, found in [(3, 0.75, [4, 3, 0], False), (4, 0.75, [4, 3, 0, 1], False),
+                                        (5, 0.75, [4, 3, 0, 1, 2], True), (9, 0.75, [4, 3, 0, 1, 2], True),
+                                        (3, 0.65, [4, 3, 0], True)]:
+        probs, index, got = cpu_kernels.nucleus_candidates(logits, rows, 1.0, top_p, count)
+        assert index.tolist() == [tokens] and got.tolist() == [found]
+        want = torch.softmax(logits[1].float(), dim=0)[tokens]
+        torch.testing.assert_close(probs[0], want, rtol=1e-6, atol=0)
+
+
+@needs_kernel
+def test_nucleus_candidates_are_a_stable_sort_of_the_softmax():
+    """Rows of bfloat16 logits with many ties, at temperature 0.7: the candidates are the first
+    tokens of a stable descending sort of PyTorch's softmax, with its probabilities to float32
+    rounding, whichever the count (a heap scan below the vocabulary, a counting sort at it)."""
+    torch.manual_seed(3)
+    logits = (torch.randn(9, 3000) * torch.linspace(8.0, 0.5, 9)[:, None]).bfloat16()
+    probs, order = torch.sort(torch.softmax(logits.float() / 0.7, dim=-1), dim=-1, descending=True, stable=True)
+    rows = torch.tensor([8, 0, 3])
+    for count in (1, 17, 300, 3000):
+        got, index, _ = cpu_kernels.nucleus_candidates(logits, rows, 0.7, 0.9, count)
+        assert torch.equal(index, order[rows, :count])
+        torch.testing.assert_close(got, probs[rows, :count], rtol=2e-6, atol=1e-12)

@@ -1,12 +1,16 @@
-"""A C kernel for decoding attention on a CPU, built at first use with the system C compiler.
+"""C kernels for decoding on a CPU (attention, top-p candidates), built at first use with the
+system C compiler.
 
 PyTorch runs a decoding step's attention as batched matrix products of tiny matrices (one per
 row and key/value head: a few query heads against one row's keys), plus copies, a mask, a
 softmax and casts around them. On this project's 2-core CPU those products read the KV cache
-at a fraction of the memory bandwidth and the rest costs as much again. ``decode_attention.c``
+at a fraction of the memory bandwidth and the rest costs as much again. ``cpu_kernels.c``
 does the whole attention of one new token per row in one pass over the keys and values, where
 they lie (shared prefix segments included), with the same roundings as
-``hf._shared_prefix_attention``.
+``hf._shared_prefix_attention`` (``decode_attention``). Top-p sampling in PyTorch writes a
+float32 probability for every token of the vocabulary and runs a top-k over them; the kernel
+finds each row's most likely tokens in one scan of the bfloat16 logits and computes only
+their probabilities (``nucleus_candidates``).
 
 The kernel is compiled once per machine type into a cache folder (``cc -O3 -march=native
 -fopenmp``, about a second) and loaded with ``ctypes``; its OpenMP loops run on the runtime
@@ -35,7 +39,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("decode_attention.c")
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
 # tried in order: the first that compiles is used
 FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
 
@@ -64,7 +68,7 @@ def _compiler() -> str | None:
 def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, platform.machine(), _cpu_flags()]).encode())
-    target = cache_dir() / f"decode_attention-{key.hexdigest()[:16]}.so"
+    target = cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,17 +99,21 @@ def kernel():
         return None
     cc = _compiler()
     if cc is None:
-        log.info("decoding attention kernel not built: no C compiler (cc, gcc or clang) on PATH")
+        log.info("CPU kernels not built: no C compiler (cc, gcc or clang) on PATH")
         return None
     try:
         lib = ctypes.CDLL(str(_build(cc)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        log.info("decoding attention kernel not built: %s", error)
+        log.info("CPU kernels not built: %s", error)
         return None
     fn = lib.mr_decode_attention
     fn.restype = ctypes.c_int
     fn.argtypes = [_I64, _I64, _I64, _I64, _POINTER, _I64, _I64, _POINTER, _POINTER, _POINTER, _POINTER,
                    _POINTER, _POINTER, _I64, _I64, _I64, _POINTER, _I64, ctypes.c_float, ctypes.c_int, _POINTER]
+    fn = lib.mr_nucleus_candidates
+    fn.restype = ctypes.c_int
+    fn.argtypes = [_I64, _POINTER, _I64, _POINTER, _I64, ctypes.c_float, ctypes.c_float, _I64, _POINTER, _POINTER,
+                   _POINTER, ctypes.c_int]
     return lib
 
 
@@ -153,3 +161,27 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     if failed:
         raise MemoryError("decoding attention kernel: no scratch memory")
     return out
+
+
+def nucleus_candidates(logits: torch.Tensor, rows: torch.Tensor, temperature: float, top_p: float,
+                       count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``count`` most likely tokens of ``logits[rows]`` (bfloat16 [all rows, vocab] on a
+    CPU) at ``temperature``: their probabilities (float32, descending, equal ones in token
+    order) and token ids, and whether each row's top-p nucleus ends among them (its
+    candidates more likely than the least likely one hold more than ``top_p``, by the
+    cumulative sum ``hf._nucleus_draw`` takes). ``count`` >= the vocabulary: every token, and
+    found everywhere. Call only where ``kernel()`` is not None."""
+    if logits.dtype != torch.bfloat16 or logits.dim() != 2 or logits.stride(1) != 1:
+        raise ValueError("nucleus_candidates takes bfloat16 logits [rows, vocab] with contiguous rows")
+    vocab = logits.shape[1]
+    count = min(count, vocab)
+    rows = rows.to(torch.int64).contiguous()
+    probs = torch.empty(rows.numel(), count, dtype=torch.float32)
+    index = torch.empty(rows.numel(), count, dtype=torch.int64)
+    found = torch.empty(rows.numel(), dtype=torch.uint8)
+    failed = kernel().mr_nucleus_candidates(rows.numel(), rows.data_ptr(), vocab, logits.data_ptr(), logits.stride(0),
+                                            temperature, top_p, count, probs.data_ptr(), index.data_ptr(),
+                                            found.data_ptr(), torch.get_num_threads())
+    if failed:
+        raise MemoryError("nucleus candidates kernel: no scratch memory")
+    return probs, index, found.bool()

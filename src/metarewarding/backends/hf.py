@@ -778,9 +778,12 @@ def _sample(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Gen
     (``_ties_by_token``), so the search that found a nucleus does not change the draw."""
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.to(torch.float32, copy=True).div_(sampling.temperature), dim=-1)
-    uniforms = torch.stack([torch.rand((), generator=g, device=probs.device) for g in generators])
+    uniforms = torch.stack([torch.rand((), generator=g, device=logits.device) for g in generators])
     top_p = min(sampling.top_p, 1.0)
+    if (top_p < 1.0 and logits.dtype == torch.bfloat16 and logits.device.type == "cpu" and logits.stride(-1) == 1
+            and cpu_kernels.kernel() is not None):
+        return _sample_with_kernel(logits, sampling.temperature, top_p, uniforms)
+    probs = torch.softmax(logits.to(torch.float32, copy=True).div_(sampling.temperature), dim=-1)
     if top_p >= 1.0:
         return _nucleus_draw(*probs.sort(dim=-1, descending=True, stable=True), top_p, uniforms)
     token = torch.zeros(probs.shape[0], dtype=torch.long, device=probs.device)
@@ -799,6 +802,21 @@ def _sample(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Gen
         # ends among them, and every token that ties with one of them is a candidate too
         above = candidates.masked_fill(candidates <= candidates[:, -1:], 0.0).sum(dim=-1)
         rows = rows[above <= top_p]
+        if rows.numel() == 0:
+            break
+    return token
+
+
+def _sample_with_kernel(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
+    """``_sample``'s staged search with ``cpu_kernels.nucleus_candidates`` (bfloat16 logits on
+    a CPU): each stage's candidates come from one scan of the logits, with probabilities for
+    them only (the kernel's softmax, which the last stage, every token, shares)."""
+    token = torch.zeros(logits.shape[0], dtype=torch.long)
+    rows = torch.arange(logits.shape[0])
+    for count in (*NUCLEUS_CANDIDATES, logits.shape[-1]):
+        candidates, index, found = cpu_kernels.nucleus_candidates(logits, rows, temperature, top_p, count)
+        token[rows] = _nucleus_draw(candidates, index, top_p, uniforms[rows])
+        rows = rows[~found]
         if rows.numel() == 0:
             break
     return token

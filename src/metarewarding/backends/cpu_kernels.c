@@ -1,7 +1,7 @@
-/* Decoding attention on a CPU for bfloat16 models: one new token per row, grouped-query heads,
- * keys and values read where they lie (shared prefix segments, then the row's own cache).
+/* Kernels for decoding on a CPU with bfloat16 models (metarewarding.backends.cpu_kernels).
  *
- * It computes what metarewarding.backends.hf._shared_prefix_attention computes, with the same
+ * mr_decode_attention: one new token per row, grouped-query heads, keys and values read where
+ * they lie (shared prefix segments, then the row's own cache). It computes what metarewarding.backends.hf._shared_prefix_attention computes, with the same
  * roundings: query-key products accumulated in float32 and rounded to bfloat16, then scaled
  * and biased in float32, softmax in float32, weights rounded to bfloat16, the weighted sum of
  * values accumulated in float32 and rounded to bfloat16 once. Sums run in another order than
@@ -351,6 +351,187 @@ int mr_decode_attention(int64_t rows, int64_t kv_heads, int64_t group, int64_t d
             }
         }
         free(sc);
+    }
+    return failed;
+}
+
+
+/* ------------------------------------------------------------------------------------------ */
+/* mr_nucleus_candidates: the k most likely tokens of each row of bfloat16 logits, for top-p
+ * sampling at a temperature, without a probability for every token in memory.
+ *
+ * For row r: x = logit / temperature (float32), probabilities p = e^(x - max x) / sum, with the
+ * sum over the whole vocabulary (16 float32 lanes). The k largest logits are found with a
+ * heap in one scan; equal logits keep token order (a later token never displaces an equal
+ * one), and the k come out in descending probability, ties in token order, as a stable full
+ * sort has them. found[r] is 1 when the candidates more likely than the least likely one hold
+ * more than top_p, summed in order as a cumulative sum would: then the nucleus ends among them
+ * and no token left out ties with a kept one. k = vocabulary: every token, sorted. */
+
+static inline uint16_t order_key(uint16_t b) { /* bfloat16 bits -> an integer in the floats' order */
+    return (b & 0x8000u) ? (uint16_t)~b : (uint16_t)(b | 0x8000u);
+}
+
+/* heap of (key, token) with the worst candidate at the root: the smallest key, and of equal
+ * keys the latest token */
+static inline int worse(uint16_t ka, int64_t ia, uint16_t kb, int64_t ib) { return ka < kb || (ka == kb && ia > ib); }
+
+static void sift_down(uint16_t *key, int64_t *idx, int64_t n, int64_t i) {
+    for (;;) {
+        int64_t l = 2 * i + 1, w = i;
+        if (l < n && worse(key[l], idx[l], key[w], idx[w])) w = l;
+        if (l + 1 < n && worse(key[l + 1], idx[l + 1], key[w], idx[w])) w = l + 1;
+        if (w == i) return;
+        uint16_t tk = key[i]; key[i] = key[w]; key[w] = tk;
+        int64_t ti = idx[i]; idx[i] = idx[w]; idx[w] = ti;
+        i = w;
+    }
+}
+
+/* exp of n float32 values in place, with the same function the row sums use */
+static void exp_all(float *x, int64_t n) {
+#ifdef MR_DPBF16
+    int64_t t = 0;
+    for (; t + 16 <= n; t += 16) _mm512_storeu_ps(x + t, exp16(_mm512_loadu_ps(x + t)));
+    if (t < n) {
+        __mmask16 tail = (__mmask16)((1u << (n - t)) - 1u);
+        _mm512_mask_storeu_ps(x + t, tail, exp16(_mm512_maskz_loadu_ps(tail, x + t)));
+    }
+#else
+    for (int64_t t = 0; t < n; t++) x[t] = exp_approx(x[t]);
+#endif
+}
+
+/* the sum over a row of e^(logit/temperature - top) */
+static float row_sum(const uint16_t *row, int64_t vocab, float temperature, float top) {
+#ifdef MR_DPBF16
+    __m512 acc = _mm512_setzero_ps(), vt = _mm512_set1_ps(temperature), vtop = _mm512_set1_ps(top);
+    int64_t t = 0;
+    for (; t + 16 <= vocab; t += 16)
+        acc = _mm512_add_ps(acc, exp16(_mm512_sub_ps(_mm512_div_ps(load_bf16(row + t), vt), vtop)));
+    float sum = _mm512_reduce_add_ps(acc);
+    for (; t < vocab; t++) {
+        float e = bf16_to_float(row[t]) / temperature - top;
+        exp_all(&e, 1);
+        sum += e;
+    }
+    return sum;
+#else
+    float lanes[16] = {0};
+    for (int64_t t = 0; t < vocab; t++) lanes[t % 16] += exp_approx(bf16_to_float(row[t]) / temperature - top);
+    float sum = 0.0f;
+    for (int i = 0; i < 16; i++) sum += lanes[i];
+    return sum;
+#endif
+}
+
+typedef struct {
+    uint16_t key;
+    int64_t idx;
+} candidate;
+
+static int by_probability(const void *a, const void *b) { /* descending key, then token order */
+    const candidate *x = a, *y = b;
+    if (x->key != y->key) return x->key > y->key ? -1 : 1;
+    return x->idx < y->idx ? -1 : (x->idx > y->idx);
+}
+
+int mr_nucleus_candidates(int64_t n_rows, const int64_t *row_ids, int64_t vocab, const uint16_t *logits,
+                          int64_t row_stride, float temperature, float top_p, int64_t k, float *probs,
+                          int64_t *index, uint8_t *found, int threads) {
+    if (k > vocab) k = vocab;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        int whole = k == vocab; /* every token: a counting sort on the 16-bit keys (stable) */
+        uint16_t *key = malloc(sizeof(uint16_t) * (size_t)k);
+        int64_t *idx = malloc(sizeof(int64_t) * (size_t)k);
+        candidate *sorted = malloc(sizeof(candidate) * (size_t)k);
+        int64_t *bins = whole ? malloc(sizeof(int64_t) * 65537) : NULL;
+        failed = !key || !idx || !sorted || (whole && !bins);
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t n = 0; n < n_rows; n++) {
+            if (failed) continue;
+            const uint16_t *row = logits + row_ids[n] * row_stride;
+            if (whole) {
+                memset(bins, 0, sizeof(int64_t) * 65537);
+                for (int64_t t = 0; t < vocab; t++) bins[65535 - order_key(row[t]) + 1]++;
+                for (int i = 1; i <= 65536; i++) bins[i] += bins[i - 1]; /* start of each key, largest first */
+                for (int64_t t = 0; t < vocab; t++) {
+                    uint16_t kt = order_key(row[t]);
+                    int64_t at = bins[65535 - kt]++;
+                    sorted[at].key = kt;
+                    sorted[at].idx = t;
+                }
+                goto probabilities;
+            }
+            /* the k largest logits, by their order keys */
+            for (int64_t t = 0; t < k; t++) {
+                key[t] = order_key(row[t]);
+                idx[t] = t;
+            }
+            for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(key, idx, k, i);
+            int64_t t = k;
+#ifdef MR_DPBF16
+            for (; t + 32 <= vocab; t += 32) { /* 32 at a time against the worst kept one */
+                __m512i b = _mm512_loadu_si512(row + t);
+                __mmask32 neg = _mm512_movepi16_mask(b);
+                __m512i ok = _mm512_mask_mov_epi16(_mm512_or_si512(b, _mm512_set1_epi16((short)0x8000)), neg,
+                                                   _mm512_xor_si512(b, _mm512_set1_epi16(-1)));
+                __mmask32 above = _mm512_cmpgt_epu16_mask(ok, _mm512_set1_epi16((short)key[0]));
+                while (above) {
+                    int j = __builtin_ctz(above);
+                    above &= above - 1;
+                    uint16_t kj = order_key(row[t + j]);
+                    if (kj > key[0]) {
+                        key[0] = kj;
+                        idx[0] = t + j;
+                        sift_down(key, idx, k, 0);
+                    }
+                }
+            }
+#endif
+            for (; t < vocab; t++) {
+                uint16_t kt = order_key(row[t]);
+                if (kt > key[0]) {
+                    key[0] = kt;
+                    idx[0] = t;
+                    sift_down(key, idx, k, 0);
+                }
+            }
+            for (int64_t i = 0; i < k; i++) {
+                sorted[i].key = key[i];
+                sorted[i].idx = idx[i];
+            }
+            qsort(sorted, (size_t)k, sizeof(candidate), by_probability);
+        probabilities:;
+            /* probabilities: the largest logit sets the top of the exponent */
+            float top = bf16_to_float(row[sorted[0].idx]) / temperature;
+            float inv = 1.0f / row_sum(row, vocab, temperature, top);
+            float *pr = probs + n * k;
+            int64_t *ir = index + n * k;
+            for (int64_t i = 0; i < k; i++) {
+                ir[i] = sorted[i].idx;
+                pr[i] = bf16_to_float(row[sorted[i].idx]) / temperature - top;
+            }
+            exp_all(pr, k);
+            /* found: the first candidate that ties with the last one has more than top_p before
+             * it, as _nucleus_draw's cumulative sum (float64 running sum, float32 values) says */
+            for (int64_t i = 0; i < k; i++) pr[i] *= inv;
+            found[n] = k == vocab;
+            double running = 0.0;
+            for (int64_t i = 0; i < k && !found[n]; i++) {
+                running += (double)pr[i];
+                if (sorted[i].key == sorted[k - 1].key) {
+                    found[n] = (float)running - pr[i] > top_p;
+                    break;
+                }
+            }
+        }
+        free(key);
+        free(idx);
+        free(sorted);
+        free(bins);
     }
     return failed;
 }
