@@ -186,3 +186,33 @@ def test_nucleus_candidates_are_a_stable_sort_of_the_softmax():
         got, index, _ = cpu_kernels.nucleus_candidates(logits, rows, 0.7, 0.9, count)
         assert torch.equal(index, order[rows, :count])
         torch.testing.assert_close(got, probs[rows, :count], rtol=2e-6, atol=1e-12)
+
+
+@needs_kernel
+def test_rms_norm_is_llamas_and_only_llama_like_norms_switch():
+    """The kernel's RMSNorm (and residual add) against transformers' LlamaRMSNorm, within one
+    bfloat16 rounding; ``_kernel_norms`` switches a Llama norm and leaves one that scales by
+    1 + weight (Gemma's) with its own forward."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(5)
+    norm = LlamaRMSNorm(576, eps=1e-5).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(576) * 2)
+    x, residual = (torch.randn(2, 7, 576) * 4).bfloat16(), torch.randn(2, 7, 576).bfloat16()
+    with torch.inference_mode():
+        want = norm(x)
+        torch.testing.assert_close(cpu_kernels.rms_norm(x, norm.weight, 1e-5).float(), want.float(),
+                                   rtol=2 ** -7, atol=1e-6)
+        total, normed = cpu_kernels.rms_norm(x, norm.weight, 1e-5, residual=residual)
+        assert torch.equal(total, residual + x)
+        torch.testing.assert_close(normed.float(), norm(residual + x).float(), rtol=2 ** -7, atol=1e-6)
+
+    class GemmaLikeRMSNorm(LlamaRMSNorm):
+        def forward(self, hidden):
+            variance = hidden.float().pow(2).mean(-1, keepdim=True)
+            return (hidden.float() * torch.rsqrt(variance + self.variance_epsilon) * (1.0 + self.weight.float())).to(hidden.dtype)
+
+    model = torch.nn.Sequential(LlamaRMSNorm(64).to(torch.bfloat16), GemmaLikeRMSNorm(64).to(torch.bfloat16))
+    assert hf._kernel_norms(model) == 1
+    assert "forward" in model[0].__dict__ and "forward" not in model[1].__dict__

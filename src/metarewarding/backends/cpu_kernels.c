@@ -535,3 +535,43 @@ int mr_nucleus_candidates(int64_t n_rows, const int64_t *row_ids, int64_t vocab,
     }
     return failed;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* mr_rms_norm: Llama's RMSNorm of bfloat16 rows, as transformers writes it: x in float32,
+ * x * 1/sqrt(mean(x^2) + eps) rounded to bfloat16, times the weight, rounded to bfloat16. With
+ * residual, x is first residual + x rounded to bfloat16 (a residual add), written to sum. The
+ * mean's sum runs in 16 float32 lanes. */
+int mr_rms_norm(int64_t rows, int64_t hidden, const uint16_t *x, const uint16_t *residual, const uint16_t *weight,
+                float eps, uint16_t *sum, uint16_t *out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *xr = x + r * hidden;
+        uint16_t *orow = out + r * hidden;
+        if (residual) {
+            const uint16_t *rr = residual + r * hidden;
+            uint16_t *sr = sum + r * hidden;
+#pragma omp simd
+            for (int64_t i = 0; i < hidden; i++) sr[i] = float_to_bf16(bf16_to_float(rr[i]) + bf16_to_float(xr[i]));
+            xr = sr;
+        }
+        float lanes[16] = {0};
+        int64_t i = 0;
+        for (; i + 16 <= hidden; i += 16)
+#pragma omp simd
+            for (int j = 0; j < 16; j++) {
+                float v = bf16_to_float(xr[i + j]);
+                lanes[j] += v * v;
+            }
+        for (; i < hidden; i++) {
+            float v = bf16_to_float(xr[i]);
+            lanes[i % 16] += v * v;
+        }
+        float squares = 0.0f;
+        for (int j = 0; j < 16; j++) squares += lanes[j];
+        float inv = 1.0f / sqrtf(squares / (float)hidden + eps);
+#pragma omp simd
+        for (int64_t k = 0; k < hidden; k++)
+            orow[k] = float_to_bf16(bf16_to_float(weight[k]) * bf16_to_float(float_to_bf16(bf16_to_float(xr[k]) * inv)));
+    }
+    return 0;
+}
