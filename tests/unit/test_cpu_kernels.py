@@ -59,9 +59,21 @@ CASES = [  # rows, heads, kv_heads, dim, own length, buffer capacity, segment wi
 ]
 
 
+@pytest.fixture(params=["native", "portable"])
+def build(request, tmp_path, monkeypatch):
+    """The kernels as built for this CPU (AVX-512 where it has AVX512-BF16), and built without
+    -march=native: the plain C paths every CPU runs."""
+    if request.param == "portable":
+        monkeypatch.setattr(cpu_kernels, "FLAG_SETS", (["-O3", "-fopenmp"],))
+        monkeypatch.setenv("METAREWARDING_KERNEL_CACHE", str(tmp_path))
+        cpu_kernels.kernel.cache_clear()
+    yield request.param
+    cpu_kernels.kernel.cache_clear()
+
+
 @needs_kernel
 @pytest.mark.parametrize("rows,heads,kv_heads,dim,length,capacity,widths", CASES)
-def test_kernel_computes_the_attention(rows, heads, kv_heads, dim, length, capacity, widths):
+def test_kernel_computes_the_attention(rows, heads, kv_heads, dim, length, capacity, widths, build):
     """Scores, masked softmax and weighted values of every row and head, with shared segments
     whose rows are out of node order: within a bfloat16 rounding of the float64 attention."""
     torch.manual_seed(rows * 100 + dim)
@@ -106,7 +118,7 @@ def test_kernel_matches_pytorch_path_in_the_backend_attention():
 
 
 @needs_kernel
-def test_kernel_gives_zeros_for_a_row_with_every_key_masked():
+def test_kernel_gives_zeros_for_a_row_with_every_key_masked(build):
     query = torch.randn(2, 2, 1, 64).bfloat16()
     keys, values = torch.randn(2, 1, 20, 64).bfloat16(), torch.randn(2, 1, 20, 64).bfloat16()
     bias = torch.zeros(2, 1, 1, 20)
@@ -157,7 +169,7 @@ def test_kernel_off_without_a_working_compiler_or_when_turned_off(fresh_kernel, 
 
 
 @needs_kernel
-def test_nucleus_candidates_hand_worked():
+def test_nucleus_candidates_hand_worked(build):
     """probs 0.1, 0.1, 0.1, 0.3, 0.4 (tokens 0-4), top_p 0.75. Sorted: 4, 3, then the tie in
     token order 0, 1, 2. With 3 candidates (4, 3, 0) the mass before the least likely one's
     tie is 0.7 <= 0.75: not found; 4 candidates (4, 3, 0, 1): the same; all 5: found. At
@@ -174,7 +186,7 @@ def test_nucleus_candidates_hand_worked():
 
 
 @needs_kernel
-def test_nucleus_candidates_are_a_stable_sort_of_the_softmax():
+def test_nucleus_candidates_are_a_stable_sort_of_the_softmax(build):
     """Rows of bfloat16 logits with many ties, at temperature 0.7: the candidates are the first
     tokens of a stable descending sort of PyTorch's softmax, with its probabilities to float32
     rounding, whichever the count (a heap scan below the vocabulary, a counting sort at it)."""
@@ -189,7 +201,7 @@ def test_nucleus_candidates_are_a_stable_sort_of_the_softmax():
 
 
 @needs_kernel
-def test_rms_norm_is_llamas_and_only_llama_like_norms_switch():
+def test_rms_norm_is_llamas_and_only_llama_like_norms_switch(build):
     """The kernel's RMSNorm (and residual add) against transformers' LlamaRMSNorm, within one
     bfloat16 rounding; ``_kernel_norms`` switches a Llama norm and leaves one that scales by
     1 + weight (Gemma's) with its own forward."""

@@ -213,60 +213,80 @@ static inline __attribute__((always_inline)) void part_values(const int C16, con
     }
 }
 
-/* the whole attention of row r, head h, for head dims 64 and 128 */
-static inline __attribute__((always_inline)) void attend_avx512(const int C32, const uint16_t *qr, int64_t segments, const uint16_t *const *seg_k,
-                                 const uint16_t *const *seg_v, const int64_t *seg_width, const int64_t *const *seg_node,
-                                 int64_t r, int64_t h, int64_t kv_heads, const uint16_t *own_k, const uint16_t *own_v,
-                                 int64_t own_row_stride, int64_t own_head_stride, int64_t own_len, const float *br,
-                                 float scale, int64_t group, int64_t total, float *sc, float *acc, uint16_t *o) {
-    const int64_t dim = 32 * C32;
-    int64_t offset = 0;
-    for (int64_t s = 0; s <= segments; s++) {
-        int64_t width = s < segments ? seg_width[s] : own_len;
-        const uint16_t *keys = s < segments ? seg_k[s] + ((seg_node[s][r] * kv_heads + h) * width) * dim
-                                            : own_k + r * own_row_stride + h * own_head_stride;
+#endif
+
+/* Where the keys and values of a decoding step lie: shared segments (segment s holds
+ * [nodes, kv_heads, width_s, dim], row r reads node seg_node[s][r]), then each row's own cache
+ * (own_k + r*own_row_stride + h*own_head_stride + t*dim for t < own_len; own_v alike). */
+typedef struct {
+    int64_t segments;
+    const uint16_t *const *seg_k, *const *seg_v;
+    const int64_t *seg_width;
+    const int64_t *const *seg_node;
+    const uint16_t *own_k, *own_v;
+    int64_t own_row_stride, own_head_stride, own_len;
+    int64_t kv_heads, group, dim, total; /* total: keys over all parts */
+} kv_view;
+
+/* part s of row r, head h (a shared segment, or the row's own keys at s == segments): its
+ * keys and values, and its width */
+static inline int64_t part_of(const kv_view *v, int64_t s, int64_t r, int64_t h, const uint16_t **keys,
+                              const uint16_t **values) {
+    int64_t at;
+    if (s < v->segments) {
+        at = (v->seg_node[s][r] * v->kv_heads + h) * v->seg_width[s] * v->dim;
+        *keys = v->seg_k[s] + at;
+        *values = v->seg_v[s] + at;
+        return v->seg_width[s];
+    }
+    at = r * v->own_row_stride + h * v->own_head_stride;
+    *keys = v->own_k + at;
+    *values = v->own_v + at;
+    return v->own_len;
+}
+
+#ifdef MR_DPBF16
+/* the whole attention of row r, head h, for head dims 64 and 128 (C32 = dim / 32) */
+static inline __attribute__((always_inline)) void attend_avx512(const int C32, const kv_view *v, int64_t r, int64_t h,
+                                                                const uint16_t *qr, const float *br, float scale,
+                                                                float *sc, float *acc, uint16_t *o) {
+    const int64_t dim = 32 * C32, group = v->group, total = v->total;
+    const uint16_t *keys, *values;
+    for (int64_t s = 0, offset = 0; s <= v->segments; s++) {
+        int64_t width = part_of(v, s, r, h, &keys, &values);
         part_scores(C32, qr, keys, width, group, scale, br ? br + offset : NULL, sc + offset, total);
         offset += width;
     }
     softmax16(sc, group, total);
     for (int64_t i = 0; i < group * dim; i++) acc[i] = 0.0f;
-    offset = 0;
-    for (int64_t s = 0; s <= segments; s++) {
-        int64_t width = s < segments ? seg_width[s] : own_len;
-        const uint16_t *values = s < segments ? seg_v[s] + ((seg_node[s][r] * kv_heads + h) * width) * dim
-                                              : own_v + r * own_row_stride + h * own_head_stride;
+    for (int64_t s = 0, offset = 0; s <= v->segments; s++) {
+        int64_t width = part_of(v, s, r, h, &keys, &values);
         part_values(2 * C32, sc + offset, values, width, group, total, acc);
         offset += width;
     }
     for (int64_t i = 0; i < group * dim; i += 16)
         _mm256_storeu_si256((__m256i *)(o + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(acc + i)));
 }
-#endif
 
-#ifdef MR_DPBF16
-#define MR_ATTEND_ARGS const uint16_t *qr, int64_t segments, const uint16_t *const *seg_k, const uint16_t *const *seg_v, \
-    const int64_t *seg_width, const int64_t *const *seg_node, int64_t r, int64_t h, int64_t kv_heads, \
-    const uint16_t *own_k, const uint16_t *own_v, int64_t own_row_stride, int64_t own_head_stride, int64_t own_len, \
-    const float *br, float scale, int64_t group, int64_t total, float *sc, float *acc, uint16_t *o
-#define MR_ATTEND_PASS qr, segments, seg_k, seg_v, seg_width, seg_node, r, h, kv_heads, own_k, own_v, own_row_stride, \
-    own_head_stride, own_len, br, scale, group, total, sc, acc, o
-static void attend64(MR_ATTEND_ARGS) { attend_avx512(2, MR_ATTEND_PASS); }
-static void attend128(MR_ATTEND_ARGS) { attend_avx512(4, MR_ATTEND_PASS); }
+static void attend64(const kv_view *v, int64_t r, int64_t h, const uint16_t *qr, const float *br, float scale,
+                     float *sc, float *acc, uint16_t *o) {
+    attend_avx512(2, v, r, h, qr, br, scale, sc, acc, o);
+}
+
+static void attend128(const kv_view *v, int64_t r, int64_t h, const uint16_t *qr, const float *br, float scale,
+                      float *sc, float *acc, uint16_t *o) {
+    attend_avx512(4, v, r, h, qr, br, scale, sc, acc, o);
+}
 #endif
 
 /* The generic path (any CPU, any head dim): the same steps in plain C */
-static void attend_generic(const uint16_t *qr, int64_t segments, const uint16_t *const *seg_k,
-                           const uint16_t *const *seg_v, const int64_t *seg_width, const int64_t *const *seg_node,
-                           int64_t r, int64_t h, int64_t kv_heads, int64_t dim, const uint16_t *own_k,
-                           const uint16_t *own_v, int64_t own_row_stride, int64_t own_head_stride, int64_t own_len,
-                           const float *br, float scale, int64_t group, int64_t total, float *qf, float *row,
-                           float *sc, float *acc, uint16_t *o) {
+static void attend_generic(const kv_view *v, int64_t r, int64_t h, const uint16_t *qr, const float *br, float scale,
+                           float *qf, float *row, float *sc, float *acc, uint16_t *o) {
+    const int64_t dim = v->dim, group = v->group, total = v->total;
+    const uint16_t *keys, *values;
     for (int64_t i = 0; i < group * dim; i++) qf[i] = bf16_to_float(qr[i]);
-    int64_t offset = 0;
-    for (int64_t s = 0; s <= segments; s++) {
-        int64_t width = s < segments ? seg_width[s] : own_len;
-        const uint16_t *keys = s < segments ? seg_k[s] + ((seg_node[s][r] * kv_heads + h) * width) * dim
-                                            : own_k + r * own_row_stride + h * own_head_stride;
+    for (int64_t s = 0, offset = 0; s <= v->segments; s++) {
+        int64_t width = part_of(v, s, r, h, &keys, &values);
         for (int64_t t = 0; t < width; t++) {
             for (int64_t d = 0; d < dim; d++) row[d] = bf16_to_float(keys[t * dim + d]);
             for (int64_t g = 0; g < group; g++) {
@@ -290,11 +310,8 @@ static void attend_generic(const uint16_t *qr, int64_t segments, const uint16_t 
         for (int64_t t = 0; t < total; t++) sg[t] = bf16_to_float(float_to_bf16(sg[t] * inv));
     }
     for (int64_t i = 0; i < group * dim; i++) acc[i] = 0.0f;
-    offset = 0;
-    for (int64_t s = 0; s <= segments; s++) {
-        int64_t width = s < segments ? seg_width[s] : own_len;
-        const uint16_t *values = s < segments ? seg_v[s] + ((seg_node[s][r] * kv_heads + h) * width) * dim
-                                              : own_v + r * own_row_stride + h * own_head_stride;
+    for (int64_t s = 0, offset = 0; s <= v->segments; s++) {
+        int64_t width = part_of(v, s, r, h, &keys, &values);
         for (int64_t t = 0; t < width; t++)
             for (int64_t g = 0; g < group; g++) {
                 float w = sc[g * total + offset + t];
@@ -307,8 +324,7 @@ static void attend_generic(const uint16_t *qr, int64_t segments, const uint16_t 
 
 /* Rows and key/value heads run in parallel. For row r and key/value head h:
  *   q:      q + r*q_row_stride + (h*group + g)*dim          (g < group, the query heads of h)
- *   shared: segment s holds [nodes, kv_heads, width_s, dim]; row r reads node seg_node[s][r]
- *   own:    own_k + r*own_row_stride + h*own_head_stride + t*dim   (t < own_len), own_v alike
+ *   keys and values: as kv_view describes them
  *   bias:   bias + r*bias_row_stride + t over all keys in order (segments, then own), or NULL
  *   out:    out + ((r*kv_heads + h)*group + g)*dim
  * Returns 0, or 1 where scratch memory could not be allocated. */
@@ -320,34 +336,32 @@ int mr_decode_attention(int64_t rows, int64_t kv_heads, int64_t group, int64_t d
                         int64_t own_head_stride, int64_t own_len,
                         const float *bias, int64_t bias_row_stride, float scale, int threads,
                         uint16_t *out) {
-    int64_t total = own_len;
-    for (int64_t s = 0; s < segments; s++) total += seg_width[s];
+    kv_view v = {segments, seg_k, seg_v, seg_width, seg_node, own_k, own_v, own_row_stride, own_head_stride,
+                 own_len, kv_heads, group, dim, own_len};
+    for (int64_t s = 0; s < segments; s++) v.total += seg_width[s];
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         /* per thread: scores (padded to whole 16-lane blocks), output sums, queries and one key
          * in float32 */
-        size_t floats = (size_t)(group * (total + 16) + 3 * group * dim + dim);
+        size_t floats = (size_t)(group * (v.total + 16) + 3 * group * dim + dim);
         float *sc = malloc(sizeof(float) * floats);
         failed = sc == NULL;
 #pragma omp for collapse(2) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             for (int64_t h = 0; h < kv_heads; h++) {
                 if (!sc) continue;
-                float *acc = sc + group * (total + 16), *qf = acc + group * dim, *row = qf + group * dim;
+                float *acc = sc + group * (v.total + 16), *qf = acc + group * dim, *row = qf + group * dim;
                 const uint16_t *qr = q + r * q_row_stride + h * group * dim;
                 const float *br = bias ? bias + r * bias_row_stride : NULL;
                 uint16_t *o = out + (r * kv_heads + h) * group * dim;
 #ifdef MR_DPBF16
                 if (dim == 64 || dim == 128) {
-                    (dim == 64 ? attend64 : attend128)(qr, segments, seg_k, seg_v, seg_width, seg_node, r, h, kv_heads,
-                                                        own_k, own_v, own_row_stride, own_head_stride, own_len, br,
-                                                        scale, group, total, sc, acc, o);
+                    (dim == 64 ? attend64 : attend128)(&v, r, h, qr, br, scale, sc, acc, o);
                     continue;
                 }
 #endif
-                attend_generic(qr, segments, seg_k, seg_v, seg_width, seg_node, r, h, kv_heads, dim, own_k, own_v,
-                               own_row_stride, own_head_stride, own_len, br, scale, group, total, qf, row, sc, acc, o);
+                attend_generic(&v, r, h, qr, br, scale, qf, row, sc, acc, o);
             }
         }
         free(sc);

@@ -67,7 +67,8 @@ def _compiler() -> str | None:
 
 def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, platform.machine(), _cpu_flags()]).encode())
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, repr(FLAG_SETS), platform.machine(),
+                                    _cpu_flags()]).encode())
     target = cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
