@@ -1,5 +1,5 @@
-"""C kernels for decoding on a CPU (attention, top-p candidates), built at first use with the
-system C compiler.
+"""C kernels for decoding on a CPU (attention, top-p candidates, RMSNorm), built at first use
+with the system C compiler.
 
 PyTorch runs a decoding step's attention as batched matrix products of tiny matrices (one per
 row and key/value head: a few query heads against one row's keys), plus copies, a mask, a
@@ -10,16 +10,17 @@ they lie (shared prefix segments included), with the same roundings as
 ``hf._shared_prefix_attention`` (``decode_attention``). Top-p sampling in PyTorch writes a
 float32 probability for every token of the vocabulary and runs a top-k over them; the kernel
 finds each row's most likely tokens in one scan of the bfloat16 logits and computes only
-their probabilities (``nucleus_candidates``).
+their probabilities (``nucleus_candidates``). A Llama RMSNorm is eight tensor operations in
+PyTorch and one call here (``rms_norm``).
 
-The kernel is compiled once per machine type into a cache folder (``cc -O3 -march=native
+The kernels are compiled once per machine type into a cache folder (``cc -O3 -march=native
 -fopenmp``, about a second) and loaded with ``ctypes``; its OpenMP loops run on the runtime
 PyTorch has loaded, with PyTorch's thread count. Where there is no compiler, the build fails,
 or ``METAREWARDING_CPU_KERNELS=0`` is set, ``kernel()`` returns None and the backend keeps
 PyTorch's operations. The cache folder is ``$METAREWARDING_KERNEL_CACHE``, else
 ``$XDG_CACHE_HOME/metarewarding/kernels``, else ``~/.cache/metarewarding/kernels``; the file
-name carries a hash of the source, the compiler's version and the CPU's flags, so a shared
-home folder on a cluster with several CPU types keeps one build per type.
+name carries a hash of the source, the compiler and its version, the flags and the CPU's
+flags, so a shared home folder on a cluster with several CPU types keeps one build per type.
 """
 
 from __future__ import annotations
