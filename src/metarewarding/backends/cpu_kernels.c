@@ -1,11 +1,14 @@
-/* Kernels for decoding on a CPU with bfloat16 models (metarewarding.backends.cpu_kernels).
+/* Kernels for decoding on a CPU with bfloat16 models (metarewarding.backends.cpu_kernels):
  *
  * mr_decode_attention: one new token per row, grouped-query heads, keys and values read where
- * they lie (shared prefix segments, then the row's own cache). It computes what metarewarding.backends.hf._shared_prefix_attention computes, with the same
- * roundings: query-key products accumulated in float32 and rounded to bfloat16, then scaled
- * and biased in float32, softmax in float32, weights rounded to bfloat16, the weighted sum of
- * values accumulated in float32 and rounded to bfloat16 once. Sums run in another order than
+ * they lie (shared prefix segments, then the row's own cache). It computes what
+ * metarewarding.backends.hf._shared_prefix_attention computes, with the same roundings:
+ * query-key products accumulated in float32 and rounded to bfloat16, then scaled and biased in
+ * float32, softmax in float32, weights rounded to bfloat16, the weighted sum of values
+ * accumulated in float32 and rounded to bfloat16 once. Sums run in another order than
  * PyTorch's kernels, so results may differ from them in the last bit of a rounding.
+ * mr_nucleus_candidates: each row's most likely tokens and their probabilities, for top-p.
+ * mr_rms_norm: Llama's RMSNorm.
  *
  * Built at first use by metarewarding.backends.cpu_kernels with the system C compiler
  * (-O3 -march=native -fopenmp); OpenMP resolves to the runtime PyTorch has loaded. */
@@ -35,7 +38,7 @@ static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as PyT
 }
 
 /* e^x in float32 to ~1 ulp (range reduction by ln 2, degree-6 polynomial); 0 below -87 (so a
- * masked score, -inf, weighs exactly 0). Branch-free so that loops over it vectorize. */
+ * masked score, -inf, weighs exactly 0). The plain C paths' exp; exp16 is the AVX-512 one. */
 static inline float exp_approx(float x) {
     const float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
     float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
@@ -81,7 +84,7 @@ static inline __m512 load_bf16(const uint16_t *p) { /* 16 bfloat16 as float32 */
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
-/* exp_approx on 16 lanes (the same reduction and polynomial) */
+/* exp_approx on 16 lanes (the same reduction and polynomial; n rounded to nearest even) */
 static inline __m512 exp16(__m512 x) {
     const __m512 lo = _mm512_set1_ps(-87.0f);
     __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
@@ -101,10 +104,22 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_maskz_mul_ps(live, p, _mm512_castsi512_ps(bits));
 }
 
+/* the products of one query head and one key (C32 chunks of 32 dims), in 16 float32 lanes */
+static inline __attribute__((always_inline)) __m512 key_lanes(const int C32, const uint16_t *qg, const uint16_t *k) {
+    __m512 lanes = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_loadu_si512(qg),
+                                    (__m512bh)_mm512_loadu_si512(k));
+#pragma GCC unroll 4
+    for (int c = 1; c < C32; c++)
+        lanes = _mm512_dpbf16_ps(lanes, (__m512bh)_mm512_loadu_si512(qg + 32 * c),
+                                 (__m512bh)_mm512_loadu_si512(k + 32 * c));
+    return lanes;
+}
+
 /* One key/value part (a shared segment or the row's own keys) of row r, head h: scores of
  * keys [0, width) into sc[g*total + t], dims a multiple of 32 (C32 chunks, a constant after
  * inlining so that the 16 key sums stay in registers). Keys go in blocks of 16, each block
- * for every query head while it is in the first-level cache, the block 8 ahead prefetched. */
+ * for every query head while it is in the first-level cache; every other cache line of the
+ * block 8 ahead is prefetched. */
 static inline __attribute__((always_inline)) void part_scores(const int C32, const uint16_t *qr, const uint16_t *keys,
                                                               int64_t width, int64_t group, float scale,
                                                               const float *br, float *sc, int64_t total) {
@@ -118,14 +133,7 @@ static inline __attribute__((always_inline)) void part_scores(const int C32, con
             const uint16_t *qg = qr + g * dim;
             __m512 lanes[16];
 #pragma GCC unroll 16
-            for (int j = 0; j < 16; j++) {
-                lanes[j] = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_loadu_si512(qg),
-                                            (__m512bh)_mm512_loadu_si512(keys + (t + j) * dim));
-#pragma GCC unroll 4
-                for (int c = 1; c < C32; c++)
-                    lanes[j] = _mm512_dpbf16_ps(lanes[j], (__m512bh)_mm512_loadu_si512(qg + 32 * c),
-                                                (__m512bh)_mm512_loadu_si512(keys + (t + j) * dim + 32 * c));
-            }
+            for (int j = 0; j < 16; j++) lanes[j] = key_lanes(C32, qg, keys + (t + j) * dim);
             __m512 score = _mm512_mul_ps(round_bf16(sum16(lanes)), vscale);
             if (br) score = _mm512_add_ps(score, _mm512_loadu_ps(br + t));
             _mm512_storeu_ps(sc + g * total + t, score);
@@ -133,13 +141,8 @@ static inline __attribute__((always_inline)) void part_scores(const int C32, con
     }
     for (; t < width; t++) {
         for (int64_t g = 0; g < group; g++) {
-            const uint16_t *qg = qr + g * dim;
-            __m512 l = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_loadu_si512(qg),
-                                        (__m512bh)_mm512_loadu_si512(keys + t * dim));
-            for (int c = 1; c < C32; c++)
-                l = _mm512_dpbf16_ps(l, (__m512bh)_mm512_loadu_si512(qg + 32 * c),
-                                     (__m512bh)_mm512_loadu_si512(keys + t * dim + 32 * c));
-            float score = bf16_to_float(float_to_bf16(_mm512_reduce_add_ps(l))) * scale;
+            __m512 lanes = key_lanes(C32, qr + g * dim, keys + t * dim);
+            float score = bf16_to_float(float_to_bf16(_mm512_reduce_add_ps(lanes))) * scale;
             sc[g * total + t] = br ? score + br[t] : score;
         }
     }
@@ -194,7 +197,9 @@ static inline __attribute__((always_inline)) void values_tile(const int C16, con
     for (int i = 0; i < G * C16; i++) _mm512_storeu_ps(acc + 16 * i, a[i]);
 }
 
-/* acc += weights . values of one part for every query head, in tiles of heads */
+/* acc += weights . values of one part for every query head, in tiles of heads (6 for head dim
+ * 64, 3 for 128: a tile's sums fill at most 24 registers; with dim 128, n never passes 3, and
+ * cases 4-6 name 3 only so that they compile within a[24]) */
 static inline __attribute__((always_inline)) void part_values(const int C16, const float *sc, const uint16_t *values,
                                                               int64_t width, int64_t group, int64_t total, float *acc) {
     const int tile = C16 == 4 ? 6 : 3;
@@ -386,19 +391,35 @@ static inline uint16_t order_key(uint16_t b) { /* bfloat16 bits -> an integer in
     return (b & 0x8000u) ? (uint16_t)~b : (uint16_t)(b | 0x8000u);
 }
 
-/* heap of (key, token) with the worst candidate at the root: the smallest key, and of equal
- * keys the latest token */
-static inline int worse(uint16_t ka, int64_t ia, uint16_t kb, int64_t ib) { return ka < kb || (ka == kb && ia > ib); }
+typedef struct {
+    uint16_t key; /* order_key of the logit */
+    int64_t idx;  /* token */
+} candidate;
 
-static void sift_down(uint16_t *key, int64_t *idx, int64_t n, int64_t i) {
+/* heap of candidates with the worst at the root: the smallest key, and of equal keys the
+ * latest token */
+static inline int worse(candidate a, candidate b) { return a.key < b.key || (a.key == b.key && a.idx > b.idx); }
+
+static void sift_down(candidate *heap, int64_t n, int64_t i) {
     for (;;) {
         int64_t l = 2 * i + 1, w = i;
-        if (l < n && worse(key[l], idx[l], key[w], idx[w])) w = l;
-        if (l + 1 < n && worse(key[l + 1], idx[l + 1], key[w], idx[w])) w = l + 1;
+        if (l < n && worse(heap[l], heap[w])) w = l;
+        if (l + 1 < n && worse(heap[l + 1], heap[w])) w = l + 1;
         if (w == i) return;
-        uint16_t tk = key[i]; key[i] = key[w]; key[w] = tk;
-        int64_t ti = idx[i]; idx[i] = idx[w]; idx[w] = ti;
+        candidate tmp = heap[i];
+        heap[i] = heap[w];
+        heap[w] = tmp;
         i = w;
+    }
+}
+
+/* a token replaces the heap's worst one where its key is larger (a later token never displaces
+ * an equal one: the scan goes in token order) */
+static inline void offer(candidate *heap, int64_t k, uint16_t key, int64_t idx) {
+    if (key > heap[0].key) {
+        heap[0].key = key;
+        heap[0].idx = idx;
+        sift_down(heap, k, 0);
     }
 }
 
@@ -439,11 +460,6 @@ static float row_sum(const uint16_t *row, int64_t vocab, float temperature, floa
 #endif
 }
 
-typedef struct {
-    uint16_t key;
-    int64_t idx;
-} candidate;
-
 static int by_probability(const void *a, const void *b) { /* descending key, then token order */
     const candidate *x = a, *y = b;
     if (x->key != y->key) return x->key > y->key ? -1 : 1;
@@ -458,11 +474,9 @@ int mr_nucleus_candidates(int64_t n_rows, const int64_t *row_ids, int64_t vocab,
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         int whole = k == vocab; /* every token: a counting sort on the 16-bit keys (stable) */
-        uint16_t *key = malloc(sizeof(uint16_t) * (size_t)k);
-        int64_t *idx = malloc(sizeof(int64_t) * (size_t)k);
         candidate *sorted = malloc(sizeof(candidate) * (size_t)k);
         int64_t *bins = whole ? malloc(sizeof(int64_t) * 65537) : NULL;
-        failed = !key || !idx || !sorted || (whole && !bins);
+        failed = !sorted || (whole && !bins);
 #pragma omp for schedule(dynamic, 4)
         for (int64_t n = 0; n < n_rows; n++) {
             if (failed) continue;
@@ -477,48 +491,30 @@ int mr_nucleus_candidates(int64_t n_rows, const int64_t *row_ids, int64_t vocab,
                     sorted[at].key = kt;
                     sorted[at].idx = t;
                 }
-                goto probabilities;
-            }
-            /* the k largest logits, by their order keys */
-            for (int64_t t = 0; t < k; t++) {
-                key[t] = order_key(row[t]);
-                idx[t] = t;
-            }
-            for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(key, idx, k, i);
-            int64_t t = k;
+            } else { /* the k largest logits, kept in a heap in ``sorted``, then sorted */
+                for (int64_t t = 0; t < k; t++) {
+                    sorted[t].key = order_key(row[t]);
+                    sorted[t].idx = t;
+                }
+                for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(sorted, k, i);
+                int64_t t = k;
 #ifdef MR_DPBF16
-            for (; t + 32 <= vocab; t += 32) { /* 32 at a time against the worst kept one */
-                __m512i b = _mm512_loadu_si512(row + t);
-                __mmask32 neg = _mm512_movepi16_mask(b);
-                __m512i ok = _mm512_mask_mov_epi16(_mm512_or_si512(b, _mm512_set1_epi16((short)0x8000)), neg,
-                                                   _mm512_xor_si512(b, _mm512_set1_epi16(-1)));
-                __mmask32 above = _mm512_cmpgt_epu16_mask(ok, _mm512_set1_epi16((short)key[0]));
-                while (above) {
-                    int j = __builtin_ctz(above);
-                    above &= above - 1;
-                    uint16_t kj = order_key(row[t + j]);
-                    if (kj > key[0]) {
-                        key[0] = kj;
-                        idx[0] = t + j;
-                        sift_down(key, idx, k, 0);
+                for (; t + 32 <= vocab; t += 32) { /* 32 at a time against the worst kept one */
+                    __m512i b = _mm512_loadu_si512(row + t);
+                    __mmask32 neg = _mm512_movepi16_mask(b);
+                    __m512i ok = _mm512_mask_mov_epi16(_mm512_or_si512(b, _mm512_set1_epi16((short)0x8000)), neg,
+                                                       _mm512_xor_si512(b, _mm512_set1_epi16(-1)));
+                    __mmask32 above = _mm512_cmpgt_epu16_mask(ok, _mm512_set1_epi16((short)sorted[0].key));
+                    while (above) {
+                        int j = __builtin_ctz(above);
+                        above &= above - 1;
+                        offer(sorted, k, order_key(row[t + j]), t + j);
                     }
                 }
-            }
 #endif
-            for (; t < vocab; t++) {
-                uint16_t kt = order_key(row[t]);
-                if (kt > key[0]) {
-                    key[0] = kt;
-                    idx[0] = t;
-                    sift_down(key, idx, k, 0);
-                }
+                for (; t < vocab; t++) offer(sorted, k, order_key(row[t]), t);
+                qsort(sorted, (size_t)k, sizeof(candidate), by_probability);
             }
-            for (int64_t i = 0; i < k; i++) {
-                sorted[i].key = key[i];
-                sorted[i].idx = idx[i];
-            }
-            qsort(sorted, (size_t)k, sizeof(candidate), by_probability);
-        probabilities:;
             /* probabilities: the largest logit sets the top of the exponent */
             float top = bf16_to_float(row[sorted[0].idx]) / temperature;
             float inv = 1.0f / row_sum(row, vocab, temperature, top);
@@ -542,8 +538,6 @@ int mr_nucleus_candidates(int64_t n_rows, const int64_t *row_ids, int64_t vocab,
                 }
             }
         }
-        free(key);
-        free(idx);
         free(sorted);
         free(bins);
     }
@@ -552,22 +546,14 @@ int mr_nucleus_candidates(int64_t n_rows, const int64_t *row_ids, int64_t vocab,
 
 /* ------------------------------------------------------------------------------------------ */
 /* mr_rms_norm: Llama's RMSNorm of bfloat16 rows, as transformers writes it: x in float32,
- * x * 1/sqrt(mean(x^2) + eps) rounded to bfloat16, times the weight, rounded to bfloat16. With
- * residual, x is first residual + x rounded to bfloat16 (a residual add), written to sum. The
+ * x * 1/sqrt(mean(x^2) + eps) rounded to bfloat16, times the weight, rounded to bfloat16. The
  * mean's sum runs in 16 float32 lanes. */
-int mr_rms_norm(int64_t rows, int64_t hidden, const uint16_t *x, const uint16_t *residual, const uint16_t *weight,
-                float eps, uint16_t *sum, uint16_t *out, int threads) {
+int mr_rms_norm(int64_t rows, int64_t hidden, const uint16_t *x, const uint16_t *weight, float eps, uint16_t *out,
+                int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const uint16_t *xr = x + r * hidden;
         uint16_t *orow = out + r * hidden;
-        if (residual) {
-            const uint16_t *rr = residual + r * hidden;
-            uint16_t *sr = sum + r * hidden;
-#pragma omp simd
-            for (int64_t i = 0; i < hidden; i++) sr[i] = float_to_bf16(bf16_to_float(rr[i]) + bf16_to_float(xr[i]));
-            xr = sr;
-        }
         float lanes[16] = {0};
         int64_t i = 0;
         for (; i + 16 <= hidden; i += 16)

@@ -114,7 +114,7 @@ def kernel():
                    _POINTER, _POINTER, _I64, _I64, _I64, _POINTER, _I64, ctypes.c_float, ctypes.c_int, _POINTER]
     fn = lib.mr_rms_norm
     fn.restype = ctypes.c_int
-    fn.argtypes = [_I64, _I64, _POINTER, _POINTER, _POINTER, ctypes.c_float, _POINTER, _POINTER, ctypes.c_int]
+    fn.argtypes = [_I64, _I64, _POINTER, _POINTER, ctypes.c_float, _POINTER, ctypes.c_int]
     fn = lib.mr_nucleus_candidates
     fn.restype = ctypes.c_int
     fn.argtypes = [_I64, _POINTER, _I64, _POINTER, _I64, ctypes.c_float, ctypes.c_float, _I64, _POINTER, _POINTER,
@@ -196,20 +196,12 @@ def nucleus_candidates(logits: torch.Tensor, rows: torch.Tensor, temperature: fl
 _NORM_PARALLEL_MIN = 1 << 16
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-             residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Llama's RMSNorm of bfloat16 ``x`` [..., hidden] (contiguous), as transformers computes
-    it, in one pass; with ``residual``, of ``residual + x`` first, returning (that sum, its norm).
-    Call only where ``kernel()`` is not None."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm of bfloat16 ``x`` [..., hidden], as transformers computes it, in one
+    pass. Call only where ``kernel()`` is not None."""
     hidden = x.shape[-1]
     x = x.contiguous()
-    rows = x.numel() // hidden
     out = torch.empty_like(x)
-    total = None
-    if residual is not None:
-        residual = residual.contiguous()
-        total = torch.empty_like(x)
     threads = 1 if x.numel() < _NORM_PARALLEL_MIN else torch.get_num_threads()
-    kernel().mr_rms_norm(rows, hidden, x.data_ptr(), None if residual is None else residual.data_ptr(),
-                         weight.data_ptr(), eps, None if total is None else total.data_ptr(), out.data_ptr(), threads)
-    return out if residual is None else (total, out)
+    kernel().mr_rms_norm(x.numel() // hidden, hidden, x.data_ptr(), weight.data_ptr(), eps, out.data_ptr(), threads)
+    return out
