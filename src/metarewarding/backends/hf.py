@@ -811,41 +811,40 @@ def _sample(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Gen
         return logits.argmax(dim=-1)
     uniforms = torch.stack([torch.rand((), generator=g, device=logits.device) for g in generators])
     top_p = min(sampling.top_p, 1.0)
+    vocab = logits.shape[-1]
     if (top_p < 1.0 and logits.dtype == torch.bfloat16 and logits.device.type == "cpu" and logits.stride(-1) == 1
             and cpu_kernels.kernel() is not None):
-        return _sample_with_kernel(logits, sampling.temperature, top_p, uniforms)
+        # each stage's candidates from one scan of the logits, with probabilities for them only
+        # (the kernel's softmax, which the last stage, every token, shares)
+        def search(rows, count):
+            return cpu_kernels.nucleus_candidates(logits, rows, sampling.temperature, top_p, count)
+        return _staged_nucleus_draw(search, logits.shape[0], vocab, top_p, uniforms)
     probs = torch.softmax(logits.to(torch.float32, copy=True).div_(sampling.temperature), dim=-1)
     if top_p >= 1.0:
         return _nucleus_draw(*probs.sort(dim=-1, descending=True, stable=True), top_p, uniforms)
-    token = torch.zeros(probs.shape[0], dtype=torch.long, device=probs.device)
-    rows = torch.arange(probs.shape[0], device=probs.device)  # the rows whose nucleus is not found yet
-    for count in (*NUCLEUS_CANDIDATES, None):
+
+    def search(rows, count):
         searched = probs if rows.numel() == probs.shape[0] else probs[rows]
-        whole = count is None or count >= probs.shape[-1]
-        if whole:
+        if count >= vocab:
             candidates, index = searched.sort(dim=-1, descending=True, stable=True)
-        else:
-            candidates, index = _ties_by_token(*searched.topk(count, dim=-1))
-        token[rows] = _nucleus_draw(candidates, index, top_p, uniforms[rows])
-        if whole:
-            break
+            return candidates, index, torch.ones(rows.numel(), dtype=torch.bool, device=probs.device)
+        candidates, index = _ties_by_token(*searched.topk(count, dim=-1))
         # found where the candidates above the smallest one hold more than top_p: the nucleus
         # ends among them, and every token that ties with one of them is a candidate too
         above = candidates.masked_fill(candidates <= candidates[:, -1:], 0.0).sum(dim=-1)
-        rows = rows[above <= top_p]
-        if rows.numel() == 0:
-            break
-    return token
+        return candidates, index, above > top_p
+    return _staged_nucleus_draw(search, probs.shape[0], vocab, top_p, uniforms)
 
 
-def _sample_with_kernel(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
-    """``_sample``'s staged search with ``cpu_kernels.nucleus_candidates`` (bfloat16 logits on
-    a CPU): each stage's candidates come from one scan of the logits, with probabilities for
-    them only (the kernel's softmax, which the last stage, every token, shares)."""
-    token = torch.zeros(logits.shape[0], dtype=torch.long)
-    rows = torch.arange(logits.shape[0])
-    for count in (*NUCLEUS_CANDIDATES, logits.shape[-1]):
-        candidates, index, found = cpu_kernels.nucleus_candidates(logits, rows, temperature, top_p, count)
+def _staged_nucleus_draw(search, rows: int, vocab: int, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
+    """``_sample``'s staged search: ``search(rows, count)`` gives those rows' ``count`` most
+    likely tokens (probabilities in descending order, token ids) and whether each row's nucleus
+    ends among them; each row draws from its candidates, and the rows not found go on to the
+    next count, the last being the whole vocabulary."""
+    token = torch.zeros(rows, dtype=torch.long, device=uniforms.device)
+    rows = torch.arange(rows, device=uniforms.device)  # the rows whose nucleus is not found yet
+    for count in (*NUCLEUS_CANDIDATES, vocab):
+        candidates, index, found = search(rows, min(count, vocab))
         token[rows] = _nucleus_draw(candidates, index, top_p, uniforms[rows])
         rows = rows[~found]
         if rows.numel() == 0:
